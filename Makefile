@@ -1,0 +1,27 @@
+# Two entry points (see README): `make run` (all notebooks headless + report) and `make test`.
+# Both create .venv and install everything on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints-cpu.txt -e ".[all]"
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/python -m ptycholib notebooks run --out-dir build/notebooks --fig-dir figures --report figures/REPORT.md
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python -m ptycholib bench --json build/bench.json
+
+clean:
+	rm -rf build $(VENV) *.egg-info

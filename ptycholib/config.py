@@ -1,0 +1,833 @@
+"""One configuration schema for both backends (SPEC section 2, Q1/Q2).
+
+`ModelConfig`, `TrainingConfig` and `InferenceConfig` are frozen dataclasses that validate themselves;
+`Config` bundles the three and checks the rules that span them. Files are JSON or YAML with one section
+per dataclass. PtychoPINN's flat ``params.cfg`` dict and PtychoPINN-Torch-style configs are *import and
+export functions*, never a second schema: every foreign key is either mapped or reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import tempfile
+import types
+import typing
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "Stage",
+    "TrainingConfig",
+    "InferenceConfig",
+    "Config",
+    "EpochPlan",
+    "ImportReport",
+    "Drift",
+    "SUPPORTED_N",
+    "LEGACY_KEY_RENAMES",
+    "epoch_plan",
+    "load_config",
+    "save_config",
+    "config_to_dict",
+    "config_from_dict",
+    "apply_overrides",
+    "to_legacy_dict",
+    "from_legacy_dict",
+    "from_torch_style",
+    "config_drift",
+    "field_table",
+]
+
+SUPPORTED_N = (64, 128, 256)
+AMP_ACTIVATIONS = ("sigmoid", "swish", "softplus", "relu")
+MODEL_TYPES = ("pinn", "supervised")
+BACKENDS = ("torch", "tensorflow")
+SCHEDULES = ("constant", "linear", "cosine", "exponential")
+LOGGERS = ("csv", "mlflow", "none")
+WEIGHTINGS = ("crop", "probe")
+
+
+class ConfigError(ValueError):
+    """A configuration value, key or file is invalid; the message names it and the allowed values."""
+
+
+def _require(condition, message):
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check_choice(name, value, allowed):
+    _require(value in allowed, f"{name}={value!r} is not supported; allowed values: {', '.join(map(repr, allowed))}.")
+
+
+def _check_positive_int(name, value):
+    _require(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        f"{name}={value!r} must be a positive integer.",
+    )
+
+
+def _check_bool(name, value):
+    _require(isinstance(value, bool), f"{name}={value!r} must be true or false.")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network and physics options; the names are the ones ptychodus sets.
+
+    Attributes
+    ----------
+    N : int
+        Diffraction pattern and patch side in pixels; one of 64, 128, 256.
+    gridsize : int
+        Groups hold ``gridsize**2`` neighbouring positions (channels C).
+    n_filters_scale : int
+        Multiplies every convolution width (``s`` in docs/architecture.md).
+    model_type : str
+        ``"pinn"`` (physics-informed, no ground truth) or ``"supervised"`` (MAE against true patches).
+    amp_activation : str
+        Amplitude head: ``"sigmoid"``, ``"swish"``, ``"softplus"`` or ``"relu"``.
+    object_big : bool
+        Merge a group's patches on one canvas inside the forward model (overlap constraint).
+    probe_big : bool
+        Predict the outer ring of each patch with an extra branch.
+    probe_mask : bool
+        Multiply the normalised probe by the disk of radius N/4.
+    pad_object : bool
+        Predict only the central N/2 region (zero outside, plus the outer ring with ``probe_big``).
+    probe_scale : float
+        Probe normalisation divisor (SPEC 4.5).
+    gaussian_smoothing_sigma : float
+        Blur of the exit wave in pixels; 0 disables it.
+    """
+
+    N: int = 64
+    gridsize: int = 1
+    n_filters_scale: int = 2
+    model_type: str = "pinn"
+    amp_activation: str = "sigmoid"
+    object_big: bool = True
+    probe_big: bool = True
+    probe_mask: bool = False
+    pad_object: bool = True
+    probe_scale: float = 4.0
+    gaussian_smoothing_sigma: float = 0.0
+
+    def __post_init__(self):
+        _check_choice("N", self.N, SUPPORTED_N)
+        _require(
+            isinstance(self.gridsize, int) and not isinstance(self.gridsize, bool) and self.gridsize >= 1,
+            f"gridsize={self.gridsize!r} must be an integer >= 1.",
+        )
+        _check_positive_int("n_filters_scale", self.n_filters_scale)
+        _check_choice("model_type", self.model_type, MODEL_TYPES)
+        _check_choice("amp_activation", self.amp_activation, AMP_ACTIVATIONS)
+        for name in ("object_big", "probe_big", "probe_mask", "pad_object"):
+            _check_bool(name, getattr(self, name))
+        _require(
+            _is_real(self.probe_scale) and self.probe_scale > 0,
+            f"probe_scale={self.probe_scale!r} must be a positive number.",
+        )
+        _require(
+            _is_real(self.gaussian_smoothing_sigma) and self.gaussian_smoothing_sigma >= 0,
+            f"gaussian_smoothing_sigma={self.gaussian_smoothing_sigma!r} must be >= 0.",
+        )
+
+    @property
+    def n_channels(self):
+        """C = gridsize**2, the number of patterns per group."""
+        return self.gridsize**2
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a multi-stage training schedule (SPEC 4.6).
+
+    Attributes
+    ----------
+    epochs : int
+        Epochs in this stage.
+    learning_rate_factor : float
+        Multiplies ``TrainingConfig.learning_rate`` during the stage.
+    freeze_encoder : bool
+        Keep the encoder's weights fixed (fine-tune the decoders only).
+    probe_trainable : bool or None
+        Train the probe in this stage; None inherits ``TrainingConfig.probe_trainable``.
+    """
+
+    epochs: int
+    learning_rate_factor: float = 1.0
+    freeze_encoder: bool = False
+    probe_trainable: bool | None = None
+
+    def __post_init__(self):
+        _check_positive_int("stages[].epochs", self.epochs)
+        _require(
+            _is_real(self.learning_rate_factor) and self.learning_rate_factor > 0,
+            f"stages[].learning_rate_factor={self.learning_rate_factor!r} must be a positive number.",
+        )
+        _check_bool("stages[].freeze_encoder", self.freeze_encoder)
+        _require(
+            self.probe_trainable is None or isinstance(self.probe_trainable, bool),
+            f"stages[].probe_trainable={self.probe_trainable!r} must be true, false or null.",
+        )
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Training options shared by both backends.
+
+    The loss of an epoch with physics weight ``p`` (see `epoch_plan`) is
+    ``p * (nll_weight * NLL + mae_weight * MAE) + (1 - p) * MAE`` on diffraction amplitudes.
+
+    Attributes
+    ----------
+    batch_size, nepochs : int
+        Groups per optimiser step; total epochs (the sum of the stages' epochs when stages are given).
+    mae_weight, nll_weight : float
+        Weights in [0, 1] of the amplitude MAE and of the Poisson NLL; not both zero.
+    nphotons : float
+        Mean photons per pattern used by simulations (metadata of measured data wins).
+    n_groups : int
+        Groups drawn for training.
+    neighbor_count : int
+        K of the K-nearest-neighbour grouping; at least gridsize**2.
+    probe_trainable, intensity_scale_trainable : bool
+        Train the probe / the intensity scale ``s``.
+    learning_rate : float
+        Adam learning rate.
+    seed : int
+        Seeds grouping, initial weights, shuffling and the validation split.
+    backend : str
+        ``"torch"`` or ``"tensorflow"``.
+    stages : tuple of Stage
+        Multi-stage schedule; empty means one stage of ``nepochs``.
+    physics_weight_schedule : str
+        ``"constant"``, ``"linear"``, ``"cosine"`` or ``"exponential"`` (quadratic ramp).
+    physics_weight_start : float
+        Physics weight of the first epoch; the schedule ends at 1.
+    validation_fraction : float
+        Fraction of groups held out for the validation loss.
+    early_stopping_patience : int or None
+        Stop after this many epochs without a better validation loss; None disables it.
+    accelerator, devices, strategy : str, int, str
+        Where training runs (Lightning names; the TF backend maps them to a tf.distribute strategy).
+    logger : str
+        ``"csv"``, ``"mlflow"`` (needs the mlflow extra) or ``"none"``.
+    sequential_sampling : bool
+        Take group seeds in scan order instead of at random.
+    positions_provided : bool
+        PtychoPINN's flag; ptycholib always uses the scan positions, so only True is accepted.
+    train_data_file, test_data_file : str or None
+        Default data files for the CLI and the legacy importer.
+    output_dir : str
+        Default output folder of ``ptycholib train``.
+    """
+
+    batch_size: int = 16
+    nepochs: int = 50
+    mae_weight: float = 0.0
+    nll_weight: float = 1.0
+    nphotons: float = 1e9
+    n_groups: int = 512
+    neighbor_count: int = 4
+    probe_trainable: bool = False
+    intensity_scale_trainable: bool = True
+    learning_rate: float = 1e-3
+    seed: int = 0
+    backend: str = "torch"
+    stages: tuple[Stage, ...] = ()
+    physics_weight_schedule: str = "constant"
+    physics_weight_start: float = 1.0
+    validation_fraction: float = 0.05
+    early_stopping_patience: int | None = None
+    accelerator: str = "cpu"
+    devices: int = 1
+    strategy: str = "auto"
+    logger: str = "csv"
+    sequential_sampling: bool = False
+    positions_provided: bool = True
+    train_data_file: str | None = None
+    test_data_file: str | None = None
+    output_dir: str = "training_outputs"
+
+    def __post_init__(self):
+        object.__setattr__(self, "stages", tuple(_as_stage(s) for s in self.stages))
+        _check_positive_int("batch_size", self.batch_size)
+        _check_positive_int("nepochs", self.nepochs)
+        for name in ("mae_weight", "nll_weight"):
+            value = getattr(self, name)
+            _require(_is_real(value) and 0 <= value <= 1, f"{name}={value!r} must be in [0, 1].")
+        _require(
+            self.mae_weight > 0 or self.nll_weight > 0,
+            "mae_weight and nll_weight are both 0: the loss would be zero; set nll_weight=1 (Poisson) "
+            "or mae_weight=1.",
+        )
+        _require(_is_real(self.nphotons) and self.nphotons > 0, f"nphotons={self.nphotons!r} must be > 0.")
+        _check_positive_int("n_groups", self.n_groups)
+        _check_positive_int("neighbor_count", self.neighbor_count)
+        for name in ("probe_trainable", "intensity_scale_trainable", "sequential_sampling", "positions_provided"):
+            _check_bool(name, getattr(self, name))
+        _require(
+            self.positions_provided,
+            "positions_provided=False is not supported: ptycholib always needs the scan positions.",
+        )
+        _require(
+            _is_real(self.learning_rate) and self.learning_rate > 0,
+            f"learning_rate={self.learning_rate!r} must be a positive number.",
+        )
+        _require(isinstance(self.seed, int) and not isinstance(self.seed, bool), f"seed={self.seed!r} must be an integer.")
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("physics_weight_schedule", self.physics_weight_schedule, SCHEDULES)
+        _require(
+            _is_real(self.physics_weight_start) and 0 <= self.physics_weight_start <= 1,
+            f"physics_weight_start={self.physics_weight_start!r} must be in [0, 1].",
+        )
+        _require(
+            _is_real(self.validation_fraction) and 0 <= self.validation_fraction < 1,
+            f"validation_fraction={self.validation_fraction!r} must be in [0, 1).",
+        )
+        if self.early_stopping_patience is not None:
+            _check_positive_int("early_stopping_patience", self.early_stopping_patience)
+        _check_positive_int("devices", self.devices)
+        _check_choice("logger", self.logger, LOGGERS)
+        if self.stages:
+            total = sum(stage.epochs for stage in self.stages)
+            _require(
+                total == self.nepochs,
+                f"stages add up to {total} epochs but nepochs={self.nepochs}; make them equal.",
+            )
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Inference and reassembly options.
+
+    Attributes
+    ----------
+    batch_size : int
+        Groups per prediction batch.
+    crop_size : int
+        Side of the central crop of each patch placed on the canvas (SPEC 7: 20 at N = 64).
+    weighting : str
+        ``"crop"`` (uniform central crop) or ``"probe"`` (probe-intensity weights over the patch).
+    backend : str or None
+        Backend used for inference; None means the backend that trained the model.
+    """
+
+    batch_size: int = 256
+    crop_size: int = 20
+    weighting: str = "crop"
+    backend: str | None = None
+
+    def __post_init__(self):
+        _check_positive_int("inference.batch_size", self.batch_size)
+        _check_positive_int("crop_size", self.crop_size)
+        _check_choice("weighting", self.weighting, WEIGHTINGS)
+        if self.backend is not None:
+            _check_choice("inference.backend", self.backend, BACKENDS)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The three sections together, plus the rules that span them."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def __post_init__(self):
+        channels = self.model.gridsize**2
+        _require(
+            self.training.neighbor_count >= channels,
+            f"neighbor_count={self.training.neighbor_count} is smaller than gridsize**2={channels}; "
+            f"a group needs at least {channels} neighbours.",
+        )
+        _require(
+            self.inference.crop_size <= self.model.N,
+            f"crop_size={self.inference.crop_size} is larger than N={self.model.N}.",
+        )
+
+
+_SECTIONS = {"model": ModelConfig, "training": TrainingConfig, "inference": InferenceConfig}
+
+
+def _is_real(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _as_stage(value):
+    if isinstance(value, Stage):
+        return value
+    if isinstance(value, dict):
+        unknown = set(value) - {f.name for f in fields(Stage)}
+        _require(not unknown, f"stages[] has unknown keys {sorted(unknown)}; allowed: {[f.name for f in fields(Stage)]}.")
+        return Stage(**value)
+    raise ConfigError(f"stages[]={value!r} must be a mapping like {{epochs: 10, learning_rate_factor: 0.1}}.")
+
+
+# --------------------------------------------------------------------------------------------------
+# multi-stage schedule
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What one epoch trains with (both backends follow the same list)."""
+
+    epoch: int
+    stage: int
+    learning_rate: float
+    physics_weight: float
+    freeze_encoder: bool
+    probe_trainable: bool
+
+
+def epoch_plan(training):
+    """Return the per-epoch learning rate, physics weight and trainable parts.
+
+    Parameters
+    ----------
+    training : TrainingConfig
+
+    Returns
+    -------
+    list of EpochPlan
+        One entry per epoch, ``len == training.nepochs``.
+
+    Notes
+    -----
+    With ``t = epoch / (nepochs - 1)`` and ``p0 = physics_weight_start`` the physics weight is
+    ``p0`` (constant), ``p0 + (1 - p0) t`` (linear), ``p0 + (1 - p0)(1 - cos(pi t)) / 2`` (cosine) or
+    ``p0 + (1 - p0) t**2`` (exponential, PtychoPINN-Torch's name for the quadratic ramp).
+
+    Examples
+    --------
+    >>> plan = epoch_plan(TrainingConfig(nepochs=3, physics_weight_schedule="linear", physics_weight_start=0.0))
+    >>> [p.physics_weight for p in plan]
+    [0.0, 0.5, 1.0]
+    """
+    stages = training.stages or (Stage(epochs=training.nepochs),)
+    plan = []
+    for stage_index, stage in enumerate(stages):
+        for _ in range(stage.epochs):
+            epoch = len(plan)
+            t = epoch / (training.nepochs - 1) if training.nepochs > 1 else 1.0
+            p0 = training.physics_weight_start
+            ramp = {
+                "constant": 0.0,
+                "linear": t,
+                "cosine": 0.5 * (1.0 - math.cos(math.pi * t)),
+                "exponential": t * t,
+            }[training.physics_weight_schedule]
+            probe = training.probe_trainable if stage.probe_trainable is None else stage.probe_trainable
+            plan.append(
+                EpochPlan(
+                    epoch=epoch,
+                    stage=stage_index,
+                    learning_rate=training.learning_rate * stage.learning_rate_factor,
+                    physics_weight=p0 + (1.0 - p0) * ramp,
+                    freeze_encoder=stage.freeze_encoder,
+                    probe_trainable=probe,
+                )
+            )
+    return plan
+
+
+# --------------------------------------------------------------------------------------------------
+# dicts, files and overrides
+
+
+def config_to_dict(config):
+    """Return ``{"model": {...}, "training": {...}, "inference": {...}}`` of plain Python values."""
+
+    def plain(section):
+        values = dataclasses.asdict(section)
+        if "stages" in values:
+            values["stages"] = [dict(stage) for stage in values["stages"]]
+        return values
+
+    return {name: plain(getattr(config, name)) for name in _SECTIONS}
+
+
+def config_from_dict(values, *, source="config"):
+    """Build a `Config` from a sectioned dict; unknown sections or keys raise `ConfigError`."""
+    _require(isinstance(values, dict), f"{source} must hold a mapping with sections {list(_SECTIONS)}.")
+    unknown_sections = set(values) - set(_SECTIONS)
+    _require(
+        not unknown_sections,
+        f"{source} has unknown sections {sorted(unknown_sections)}; allowed: {list(_SECTIONS)}.",
+    )
+    built = {}
+    for name, cls in _SECTIONS.items():
+        section = values.get(name) or {}
+        _require(isinstance(section, dict), f"section {name!r} of {source} must be a mapping.")
+        known = {f.name for f in fields(cls)}
+        for key in section:
+            if key not in known:
+                raise ConfigError(f"{source}: unknown key {name}.{key}{_suggest(key, known)}")
+        try:
+            built[name] = cls(**section)
+        except TypeError as exc:  # wrong value types that __post_init__ could not name
+            raise ConfigError(f"{source}: section {name}: {exc}") from None
+    return Config(**built)
+
+
+def load_config(path):
+    """Read a config file (``.json``, ``.yaml`` or ``.yml``) into a validated `Config`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist.")
+    text = path.read_text()
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    return config_from_dict(values or {}, source=str(path))
+
+
+def save_config(config, path):
+    """Write a config as JSON or YAML (chosen by suffix), atomically."""
+    path = Path(path)
+    values = config_to_dict(config)
+    text = json.dumps(values, indent=2) + "\n" if path.suffix == ".json" else yaml.safe_dump(values, sort_keys=False)
+    _write_atomic(path, text)
+
+
+def _write_atomic(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _field_index():
+    """Map each bare and dotted key to (section, field)."""
+    index = {}
+    for section, cls in _SECTIONS.items():
+        for f in fields(cls):
+            index[f"{section}.{f.name}"] = (section, f)
+            index.setdefault(f.name, (section, f))  # bare batch_size / backend mean the training ones
+    return index
+
+
+def _suggest(key, candidates):
+    close = difflib.get_close_matches(key, list(candidates), n=1)
+    return f"; did you mean {close[0]!r}?" if close else "."
+
+
+def _parse_text(text):
+    """Parse a ``key=value`` value: numbers (including ``1e9``), booleans, null, lists, strings."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _coerce(key, value, annotation):
+    hint = typing.get_type_hints(annotation[0])[annotation[1]]
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if int in allowed and isinstance(value, float) and value.is_integer() and float not in allowed:
+        return int(value)
+    if str in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if typing.get_origin(hint) is tuple:
+        _require(isinstance(value, (list, tuple)), f"{key} must be a list, got {value!r}.")
+        return tuple(value)
+    return value
+
+
+def apply_overrides(config, overrides):
+    """Return a new config with values replaced.
+
+    Parameters
+    ----------
+    config : Config
+    overrides : dict or sequence of str
+        ``{"nepochs": 5, "model.N": 128}`` or ``["nepochs=5", "model.N=128"]`` (what papermill
+        parameters and the CLI pass). Bare names refer to their section (``batch_size`` and
+        ``backend`` mean the training ones; use ``inference.batch_size`` for the other). Strings are
+        converted to the field's type.
+
+    Raises
+    ------
+    ConfigError
+        Unknown key (with a suggestion), malformed ``key=value`` or an invalid value.
+    """
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = []
+        for text in overrides:
+            key, sep, value = str(text).partition("=")
+            _require(sep and key.strip(), f"override {text!r} must look like key=value.")
+            items.append((key.strip(), _parse_text(value.strip())))
+    index = _field_index()
+    values = config_to_dict(config)
+    for key, value in items:
+        if key not in index:
+            raise ConfigError(f"unknown config key {key!r}{_suggest(key, index)}")
+        section, f = index[key]
+        values[section][f.name] = _coerce(key, value, (_SECTIONS[section], f.name))
+    return config_from_dict(values, source="overrides")
+
+
+# --------------------------------------------------------------------------------------------------
+# legacy formats
+
+
+LEGACY_KEY_RENAMES = {
+    "object_big": "object.big",
+    "probe_big": "probe.big",
+    "probe_mask": "probe.mask",
+    "probe_trainable": "probe.trainable",
+    "intensity_scale_trainable": "intensity_scale.trainable",
+    "positions_provided": "positions.provided",
+    "output_dir": "output_prefix",
+    "train_data_file": "train_data_file_path",
+    "test_data_file": "test_data_file_path",
+}
+"""PtychoPINN's nine renamed keys: ptycholib field -> key in its flat ``params.cfg`` dict."""
+
+_INFERENCE_LEGACY_PREFIX = "inference."
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import mapped and what it could not.
+
+    Attributes
+    ----------
+    mapped : dict
+        Foreign key -> ptycholib key it became.
+    unsupported : dict
+        Foreign key -> its value, for keys ptycholib has no field for.
+    """
+
+    mapped: dict
+    unsupported: dict
+
+    def __str__(self):
+        lines = [f"{len(self.mapped)} keys mapped, {len(self.unsupported)} unsupported"]
+        lines += [f"  unsupported: {key} = {value!r}" for key, value in sorted(self.unsupported.items())]
+        return "\n".join(lines)
+
+
+def to_legacy_dict(config):
+    """Export a config as PtychoPINN's flat ``params.cfg``-style dict.
+
+    Model and training fields go to the top level, nine of them under PtychoPINN's renamed keys
+    (`LEGACY_KEY_RENAMES`); inference fields go under ``inference.<name>``; the backend ``"torch"``
+    is written as PtychoPINN's ``"pytorch"``. `from_legacy_dict` inverts it exactly.
+    """
+    values = config_to_dict(config)
+    legacy = {}
+    for section in ("model", "training"):
+        for name, value in values[section].items():
+            legacy[LEGACY_KEY_RENAMES.get(name, name)] = value
+    legacy["backend"] = "pytorch" if config.training.backend == "torch" else "tensorflow"
+    for name, value in values["inference"].items():
+        legacy[_INFERENCE_LEGACY_PREFIX + name] = value
+    return legacy
+
+
+def _report_or_raise(report, strict, source):
+    if report.unsupported and strict:
+        keys = ", ".join(sorted(report.unsupported))
+        raise ConfigError(f"{source} has keys ptycholib does not support: {keys}; pass strict=False to import the rest.")
+    if report.unsupported:
+        warnings.warn(f"{source}: ignored unsupported keys: {', '.join(sorted(report.unsupported))}", stacklevel=3)
+
+
+def from_legacy_dict(legacy, *, strict=True):
+    """Import PtychoPINN's flat ``params.cfg``-style dict.
+
+    Parameters
+    ----------
+    legacy : dict
+        Keys as in `to_legacy_dict`; unknown keys are reported.
+    strict : bool
+        Raise `ConfigError` listing unsupported keys (default); otherwise warn with the list.
+
+    Returns
+    -------
+    config : Config
+    report : ImportReport
+    """
+    reverse = {old: new for new, old in LEGACY_KEY_RENAMES.items()}
+    index = _field_index()
+    values = {name: {} for name in _SECTIONS}
+    mapped, unsupported = {}, {}
+    for key, value in legacy.items():
+        if key.startswith(_INFERENCE_LEGACY_PREFIX) and key in index:
+            section, f = index[key]
+            target = key
+        else:
+            name = reverse.get(key, key)
+            if name not in index or "." in name or index[name][0] == "inference":
+                unsupported[key] = value
+                continue
+            section, f = index[name]
+            target = f"{section}.{f.name}"
+        if f.name == "backend" and section == "training":
+            value = {"pytorch": "torch"}.get(value, value)
+        if value is None and f.default is not None and f.default is not dataclasses.MISSING:
+            continue  # PtychoPINN writes None for "unset": keep our default
+        values[section][f.name] = value
+        mapped[key] = target
+    report = ImportReport(mapped=mapped, unsupported=unsupported)
+    _report_or_raise(report, strict, "legacy dict")
+    return config_from_dict(values, source="legacy dict"), report
+
+
+_TORCH_STYLE_RENAMES = {
+    "K": "neighbor_count",
+    "epochs": "nepochs",
+    "n_filters_scale": "n_filters_scale",
+    "N": "N",
+    "object_big": "object_big",
+    "probe_big": "probe_big",
+    "pad_object": "pad_object",
+    "probe_scale": "probe_scale",
+    "gaussian_smoothing_sigma": "gaussian_smoothing_sigma",
+    "batch_size": "batch_size",
+    "nphotons": "nphotons",
+    "learning_rate": "learning_rate",
+    "n_groups": "n_groups",
+    "intensity_scale_trainable": "intensity_scale_trainable",
+    "probe_trainable": "probe_trainable",
+}
+
+
+def from_torch_style(torch_config, *, strict=True):
+    """Import a PtychoPINN-Torch-style config (flat, or sectioned as data/model/training).
+
+    Mapping: ``grid_size (g, g)`` -> ``gridsize`` (non-square raises), ``C`` checked against g²,
+    ``K`` -> ``neighbor_count``, ``epochs`` -> ``nepochs``, ``mode`` Unsupervised/Supervised ->
+    ``model_type``, ``amp_activation 'silu'`` -> ``'swish'``, ``nll`` (bool) -> ``nll_weight``,
+    ``probe_mask`` (bool) and the fields that share our names. Every other key is reported.
+
+    Returns
+    -------
+    config : Config
+    report : ImportReport
+    """
+    flat = {}
+    for key, value in torch_config.items():
+        if key in ("data", "model", "training", "inference") and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    updates, mapped, unsupported = {}, {}, {}
+    for key, value in flat.items():
+        if key == "grid_size":
+            grid = tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+            _require(
+                len(grid) == 2 and grid[0] == grid[1],
+                f"grid_size={value!r} is not square; ptycholib groups are gridsize x gridsize.",
+            )
+            updates["gridsize"] = int(grid[0])
+            mapped[key] = "model.gridsize"
+        elif key == "C":
+            mapped[key] = "model.gridsize (checked: C = gridsize**2)"
+        elif key == "mode":
+            modes = {"unsupervised": "pinn", "supervised": "supervised"}
+            _require(str(value).lower() in modes, f"mode={value!r} must be 'Unsupervised' or 'Supervised'.")
+            updates["model_type"] = modes[str(value).lower()]
+            mapped[key] = "model.model_type"
+        elif key == "amp_activation":
+            updates["amp_activation"] = {"silu": "swish"}.get(str(value).lower(), str(value).lower())
+            mapped[key] = "model.amp_activation"
+        elif key == "nll":
+            _require(isinstance(value, bool), f"nll={value!r} must be true or false.")
+            updates["nll_weight"] = 1.0 if value else 0.0
+            if not value:
+                updates.setdefault("mae_weight", 1.0)
+            mapped[key] = "training.nll_weight"
+        elif key == "probe_mask":
+            updates["probe_mask"] = bool(value) if isinstance(value, bool) else value is not None
+            mapped[key] = "model.probe_mask"
+        elif key in _TORCH_STYLE_RENAMES and value is not None:
+            target = _TORCH_STYLE_RENAMES[key]
+            updates[target] = value
+            mapped[key] = ("model." if target in {f.name for f in fields(ModelConfig)} else "training.") + target
+        elif key in _TORCH_STYLE_RENAMES:
+            mapped[key] = "(None: default kept)"
+        else:
+            unsupported[key] = value
+    if "C" in flat and "gridsize" in updates:
+        _require(
+            flat["C"] == updates["gridsize"] ** 2,
+            f"C={flat['C']} disagrees with grid_size {updates['gridsize']}x{updates['gridsize']}.",
+        )
+    report = ImportReport(mapped=mapped, unsupported=unsupported)
+    _report_or_raise(report, strict, "torch-style config")
+    config = apply_overrides(Config(), updates)
+    return config, report
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One field on which two configs disagree."""
+
+    key: str
+    ours: object
+    theirs: object
+
+
+def config_drift(ours, theirs):
+    """List the fields (as ``section.name``) where two configs differ, in schema order."""
+    a, b = config_to_dict(ours), config_to_dict(theirs)
+    return [
+        Drift(f"{section}.{name}", a[section][name], b[section][name])
+        for section in _SECTIONS
+        for name in a[section]
+        if a[section][name] != b[section][name]
+    ]
+
+
+def field_table():
+    """Return rows ``(section, name, default, description)`` of the whole schema (notebook 01)."""
+    rows = []
+    for section, cls in _SECTIONS.items():
+        docs = _attribute_docs(cls)
+        for f in fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((section, f.name, default, docs.get(f.name, "")))
+    return rows
+
+
+def _attribute_docs(cls):
+    """Parse the numpydoc ``Attributes`` section into name -> first description line."""
+    docs, current = {}, None
+    for line in (cls.__doc__ or "").splitlines():
+        stripped = line.strip()
+        if line.startswith("    ") and not line.startswith("        ") and " : " in stripped:
+            current = [name.strip() for name in stripped.split(" : ")[0].split(",")]
+        elif current and stripped and line.startswith("        "):
+            for name in current:
+                docs.setdefault(name, stripped.replace("``", ""))
+            current = None
+    return docs
