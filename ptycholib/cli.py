@@ -13,7 +13,7 @@ import sys
 
 __all__ = ["main", "build_parser"]
 
-_COMMANDS = ("config", "simulate", "train", "reconstruct", "evaluate", "bench", "notebooks")
+_COMMANDS = ("config", "simulate", "train", "reconstruct", "evaluate", "bench", "notebooks", "ptychodus")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -3,7 +3,8 @@
 The percent-format ``notebooks/NN_name.py`` files are the source of truth; they are read with jupytext
 and executed in memory by papermill, so no ``.ipynb`` has to exist beforehand. Every notebook has one
 ``parameters`` cell with at least ``smoke`` and ``fig_dir``; figures go to ``fig_dir`` and each notebook
-writes its numbers to ``{fig_dir}/{NN_name}_metrics.json`` (`metrics_path`).
+writes its numbers to ``{fig_dir}/{NN_name}[_suffix]_metrics.json`` (`save_metrics`; notebooks with a
+``backend`` parameter add it as the suffix).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +139,7 @@ def run_notebook(path, *, parameters=None, out_dir="build/notebooks", fig_dir="f
     fig_dir.mkdir(parents=True, exist_ok=True)
     values = {"smoke": bool(smoke), "fig_dir": str(fig_dir), **(parameters or {})}
     output = out_dir / f"{run_name or path.stem}.ipynb"
+    started = time.time() - 1.0  # file systems with coarse mtimes
     papermill.execute_notebook(
         jupytext.read(path),
         str(output),
@@ -147,8 +150,10 @@ def run_notebook(path, *, parameters=None, out_dir="build/notebooks", fig_dir="f
         progress_bar=False,
         execution_timeout=timeout,
     )
-    metrics_file = metrics_path(fig_dir, path.stem)
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    metrics = {}
+    for metrics_file in sorted(fig_dir.glob(f"{path.stem}*_metrics.json")):
+        if metrics_file.stat().st_mtime >= started:  # written by this run (a backend may suffix the name)
+            metrics.update(json.loads(metrics_file.read_text()))
     return NotebookRun(path.stem, values, output, fig_dir, metrics)
 
 

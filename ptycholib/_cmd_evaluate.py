@@ -1,0 +1,106 @@
+"""``ptycholib evaluate --recon R --truth D [--json] [--window W] [--no-register] [--remove-ramp]``."""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from pathlib import Path
+
+
+from ptycholib import data, metrics, workflow
+from ptycholib.config import InferenceConfig
+
+_UNITS = {
+    "phase_rmse": "rad",
+    "amplitude_psnr": "dB",
+    "phase_psnr": "dB",
+    "amplitude_frc50": "x Nyquist",
+    "phase_frc50": "x Nyquist",
+    "amplitude_frc_half_bit": "x Nyquist",
+    "phase_frc_half_bit": "x Nyquist",
+    "phase_data_range": "rad",
+    "shift_px": "px (rows, cols)",
+    "phase_ramp_rad_per_px": "rad/px (rows, cols)",
+    "global_phase_rad": "rad",
+    "n_pixels": "px",
+    "bbox": "rows, cols",
+    "window_px": "px",
+}
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a reconstruction against the true object (SSIM, PSNR, phase RMSE, FRC)",
+        description="Compare the complex `object` of a reconstruction NPZ with `objectGuess` of a data NPZ over "
+        "the scanned region, after removing the global complex factor (and, by default, a sub-pixel shift). "
+        "SSIM and PSNR use the true object's range as data_range (SPEC section 10).",
+    )
+    parser.add_argument("--recon", required=True,
+                        help="reconstruction NPZ with `object` (complex (H, W)) and JSON `metadata`")
+    parser.add_argument("--truth", required=True,
+                        help="data NPZ (SPEC section 5) with `objectGuess`, `xcoords`, `ycoords`")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=InferenceConfig().crop_size,
+        help="side in pixels of the window around each position that makes up the scanned region "
+        "(default: the reassembly crop size, %(default)s)",
+    )
+    parser.add_argument("--no-register", action="store_true", help="do not estimate and remove a sub-pixel shift")
+    parser.add_argument("--remove-ramp", action="store_true", help="also remove a linear phase ramp")
+    parser.add_argument(
+        "--measurement",
+        choices=("amplitude", "intensity"),
+        help="how to read a float diff3d without metadata (the patterns are not used, only validated)",
+    )
+    parser.set_defaults(func=_evaluate)
+
+
+def _load_truth(path, measurement):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist.")
+    try:
+        dataset = data.load_npz(path, measurement=measurement)
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path.name} is not a readable NPZ file ({exc}); is it truncated?") from None
+    if dataset.obj is None:
+        raise ValueError(f"{path.name} has no 'objectGuess'; evaluation needs the true object.")
+    return dataset
+
+
+def _format(value):
+    if isinstance(value, list):
+        return ", ".join(_format(v) for v in value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def _evaluate(args):
+    obj, _ = workflow.load_reconstruction(args.recon)
+    dataset = _load_truth(args.truth, args.measurement)
+    if obj.shape != dataset.obj.shape:
+        raise ValueError(
+            f"object in {Path(args.recon).name} is {obj.shape} but objectGuess in {Path(args.truth).name} is "
+            f"{dataset.obj.shape}; a reconstruction must be on the data's object grid."
+        )
+    if args.window < 1:
+        raise ValueError(f"--window={args.window} must be >= 1 pixel.")
+    mask = metrics.scanned_region_mask(dataset.x_px, dataset.y_px, obj.shape, args.window)
+    scores = metrics.evaluate_reconstruction(
+        obj, dataset.obj, mask=mask, register=not args.no_register, remove_ramp=args.remove_ramp
+    )
+    scores["window_px"] = args.window
+    if args.json:
+        # JSON has no Infinity: a perfect PSNR becomes null.
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in scores.items()}
+        print(json.dumps(clean))
+        return 0
+    width = max(len(k) for k in scores)
+    for key, value in scores.items():
+        print(f"{key:<{width}}  {_format(value):<16}  {_UNITS.get(key, '')}".rstrip())
+    return 0

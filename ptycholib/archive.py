@@ -1,0 +1,292 @@
+"""One model archive for both backends (SPEC section 6): a zip of JSON and HDF5, never a pickle.
+
+Layout of ``wts.h5.zip`` (the default name keeps PtychoPINN's convention)::
+
+    manifest.json   format name and version, backend that trained it, library version, creation time,
+                    SHA-256 of every other member
+    config.json     the full Config (model, training, inference sections)
+    weights.h5      /weights/<canonical name> (conv kernels (out, in, kh, kw)), attributes input_scale
+                    (g) and intensity_scale (s, also stored as weights/physics.log_intensity_scale)
+
+Loading checks the manifest, every checksum, the format version and every weight's shape against the
+architecture the config describes (docs/architecture.md), and refuses members that could hold a pickle.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ptycholib import __version__
+from ptycholib.config import Config, ConfigError, config_from_dict, config_to_dict
+
+__all__ = [
+    "ArchiveError",
+    "ModelArchive",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "DEFAULT_NAME",
+    "save_model",
+    "load_model",
+    "read_manifest",
+    "canonical_shapes",
+]
+
+FORMAT_NAME = "ptycholib-model"
+FORMAT_VERSION = 1
+DEFAULT_NAME = "wts.h5.zip"
+_MEMBERS = ("config.json", "weights.h5")
+_PICKLE_SUFFIXES = (".dill", ".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib", ".npy")
+
+
+class ArchiveError(ValueError):
+    """A model archive is missing, truncated, tampered with, foreign, too new or does not match its config."""
+
+
+@dataclass(frozen=True)
+class ModelArchive:
+    """A loaded (or to-be-saved) model: everything needed to predict with either backend.
+
+    Attributes
+    ----------
+    config : Config
+    weights : dict of str to ndarray
+        Canonical weights (docs/architecture.md), including ``physics.log_intensity_scale`` and
+        ``physics.probe``.
+    input_scale : float
+        SPEC's g: network input = g * measured amplitudes.
+    backend : str
+        Backend that trained the model.
+    manifest : dict
+    """
+
+    config: Config
+    weights: dict
+    input_scale: float
+    backend: str
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def intensity_scale(self):
+        """SPEC's s = exp(physics.log_intensity_scale)."""
+        return float(np.exp(self.weights["physics.log_intensity_scale"]))
+
+    @property
+    def probe(self):
+        """The probe, (N, N) complex64, on the object grid before normalisation."""
+        return self.weights["physics.probe"]
+
+
+def _conv(prefix, n_in, n_out):
+    return {f"{prefix}.weight": (n_out, n_in, 3, 3), f"{prefix}.bias": (n_out,)}
+
+
+def canonical_shapes(model_config):
+    """Return ``{name: shape}`` of every canonical weight the architecture of ``model_config`` has.
+
+    Follows docs/architecture.md; both backends' ``get_weights`` must produce exactly these keys.
+    """
+    s = model_config.n_filters_scale
+    n = model_config.N
+    channels = model_config.gridsize**2
+    n_blocks = int(round(math.log2(n))) - 3  # 64 -> 3, 128 -> 4, 256 -> 5
+    encoder = [w * s for w in (8, 16, 32, 64, 128)[5 - n_blocks :]]
+    decoder = [w * s for w in (256, 128, 64, 32)[4 - (n_blocks - 1) :]]
+    shapes = {}
+    width_in = channels
+    for i, width in enumerate(encoder):
+        shapes |= _conv(f"encoder.{i}.conv0", width_in, width) | _conv(f"encoder.{i}.conv1", width, width)
+        width_in = width
+    features = decoder[-1]
+    for head in ("amp", "phase"):
+        width_in = encoder[-1]
+        for i, width in enumerate(decoder):
+            shapes |= _conv(f"decoder_{head}.{i}.conv0", width_in, width) | _conv(f"decoder_{head}.{i}.conv1", width, width)
+            width_in = width
+        if model_config.pad_object:
+            shapes |= _conv(f"head_{head}.center", features - 4, channels)
+            if model_config.probe_big:
+                shapes |= _conv(f"head_{head}.outer.conv0", 4, 32 * s) | _conv(f"head_{head}.outer.conv1", 32 * s, 32 * s)
+                shapes |= _conv(f"head_{head}.outer.out", 32 * s, channels)
+        else:
+            shapes |= _conv(f"head_{head}.full.conv0", features, 32 * s) | _conv(f"head_{head}.full.conv1", 32 * s, 32 * s)
+            shapes |= _conv(f"head_{head}.full.out", 32 * s, channels)
+    shapes["physics.log_intensity_scale"] = ()
+    shapes["physics.probe"] = (n, n)
+    return shapes
+
+
+def _sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def _weights_bytes(weights, input_scale):
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as handle:
+        group = handle.create_group("weights")
+        for name in sorted(weights):
+            group.create_dataset(name, data=np.asarray(weights[name]))
+        handle.attrs["input_scale"] = float(input_scale)
+        handle.attrs["intensity_scale"] = float(np.exp(weights["physics.log_intensity_scale"]))
+    return buffer.getvalue()
+
+
+def _check_weights(weights, model_config, where):
+    expected = canonical_shapes(model_config)
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise ArchiveError(
+            f"{where}: weights do not match the configured architecture (N={model_config.N}, "
+            f"gridsize={model_config.gridsize}, n_filters_scale={model_config.n_filters_scale}); "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            f"{'...' if len(unexpected) > 5 else ''}."
+        )
+    for name, shape in expected.items():
+        actual = tuple(np.shape(weights[name]))
+        if actual != shape:
+            raise ArchiveError(f"{where}: weight {name} has shape {actual} but the config needs {shape}.")
+        if not np.all(np.isfinite(weights[name])):
+            raise ArchiveError(f"{where}: weight {name} contains NaN or Inf.")
+
+
+def save_model(path, archive):
+    """Write a `ModelArchive` to ``path`` atomically (temporary file, then rename).
+
+    If ``path`` is a directory, the archive is written to ``path / "wts.h5.zip"``. On any error the
+    previous file at ``path`` (if any) is left untouched.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / DEFAULT_NAME
+    _check_weights(archive.weights, archive.config.model, "save_model")
+    if not (np.isfinite(archive.input_scale) and archive.input_scale > 0):
+        raise ArchiveError(f"save_model: input_scale={archive.input_scale!r} must be a positive number.")
+    members = {
+        "config.json": (json.dumps(config_to_dict(archive.config), indent=2) + "\n").encode(),
+        "weights.h5": _weights_bytes(archive.weights, archive.input_scale),
+    }
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "backend": archive.backend,
+        "library_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "sha256": {name: _sha256(data) for name, data in members.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("manifest.json", json.dumps(manifest, indent=2) + "\n")
+            for name, data in members.items():
+                zf.writestr(name, data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _open(path):
+    path = Path(path)
+    if path.is_dir():
+        path = path / DEFAULT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"model archive {path} does not exist.")
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise ArchiveError(f"{path} is not a readable zip archive (truncated or not a model file).") from None
+    return path, zf
+
+
+def read_manifest(path):
+    """Return the manifest of an archive after checking its format (no weights are read)."""
+    path, zf = _open(path)
+    with zf:
+        return _manifest(path, zf)
+
+
+def _manifest(path, zf):
+    names = set(zf.namelist())
+    risky = sorted(n for n in names if n.lower().endswith(_PICKLE_SUFFIXES))
+    if risky:
+        raise ArchiveError(
+            f"{path} contains {', '.join(risky)}, which can hold pickled code; ptycholib never unpickles. "
+            "Re-export the model with ptycholib.archive.save_model."
+        )
+    if "manifest.json" not in names:
+        raise ArchiveError(f"{path} has no manifest.json; it is not a ptycholib model archive.")
+    try:
+        manifest = json.loads(zf.read("manifest.json"))
+    except (json.JSONDecodeError, zipfile.BadZipFile, OSError) as exc:
+        raise ArchiveError(f"{path}: manifest.json is unreadable ({exc}).") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise ArchiveError(f"{path}: manifest format is {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
+                           f"expected {FORMAT_NAME!r}.")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ArchiveError(
+            f"{path} has format version {version!r}; this ptycholib ({__version__}) reads up to "
+            f"{FORMAT_VERSION}. Upgrade ptycholib to load it."
+        )
+    return manifest
+
+
+def load_model(path):
+    """Load a model archive written by `save_model` (by either backend).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ArchiveError
+        Not a zip or truncated; foreign (no ptycholib manifest, or members that may hold pickles);
+        newer format version; a missing member or a SHA-256 mismatch (tampered); a config that
+        fails validation; weights whose names or shapes do not match the config.
+    """
+    import h5py
+
+    path, zf = _open(path)
+    with zf:
+        manifest = _manifest(path, zf)
+        checksums = manifest.get("sha256", {})
+        data = {}
+        for name in _MEMBERS:
+            if name not in zf.namelist() or name not in checksums:
+                raise ArchiveError(f"{path} lacks {name}; the archive is incomplete.")
+            try:
+                data[name] = zf.read(name)
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise ArchiveError(f"{path}: member {name} is unreadable ({exc}); the file is truncated or corrupt.") from None
+            if _sha256(data[name]) != checksums[name]:
+                raise ArchiveError(f"{path}: checksum of {name} does not match the manifest; the archive was modified.")
+    try:
+        config = config_from_dict(json.loads(data["config.json"]), source=f"{path}:config.json")
+    except (json.JSONDecodeError, ConfigError) as exc:
+        raise ArchiveError(f"{path}: invalid config.json ({exc}).") from None
+    with h5py.File(io.BytesIO(data["weights.h5"]), "r") as handle:
+        weights = {name: np.asarray(handle["weights"][name][()]) for name in handle["weights"]}
+        input_scale = float(handle.attrs["input_scale"])
+    _check_weights(weights, config.model, str(path))
+    return ModelArchive(config=config, weights=weights, input_scale=input_scale, backend=manifest.get("backend", ""),
+                        manifest=manifest)

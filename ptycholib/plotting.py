@@ -1,0 +1,313 @@
+"""Figure helpers for the notebooks: arrays in, ``matplotlib.figure.Figure`` out.
+
+Figures are built with the object-oriented API (``Figure`` without pyplot), so they work headless
+(Agg) and never touch global pyplot state; save them with ``fig.savefig(path)``. In Jupyter a
+returned figure displays as the cell's value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Circle, Rectangle
+
+__all__ = [
+    "image_grid",
+    "complex_images",
+    "scan_figure",
+    "diffraction_patterns",
+    "group_figure",
+    "schedule",
+    "loss_curves",
+    "compare_objects",
+]
+
+
+def image_grid(images, titles=None, *, cmap="viridis", ncols=None, suptitle=None, colorbar=True, panel_size=3.0):
+    """Show real images on a grid, each with its own colour bar.
+
+    Parameters
+    ----------
+    images : sequence of ndarray of shape (rows, cols)
+    titles : sequence of str, optional
+    cmap : str or sequence of str
+        One colour map, or one per image.
+    ncols : int, optional
+        Panels per row (default: all in one row).
+    suptitle : str, optional
+    colorbar : bool
+    panel_size : float
+        Inches per panel.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    images = [np.asarray(image) for image in images]
+    ncols = ncols or len(images)
+    nrows = -(-len(images) // ncols)
+    cmaps = [cmap] * len(images) if isinstance(cmap, str) else list(cmap)
+    fig = Figure(figsize=(panel_size * ncols + 0.6, panel_size * nrows + (0.5 if suptitle else 0.2)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, image, index in zip(axes, images, range(len(images))):
+        shown = ax.imshow(image, cmap=cmaps[index], interpolation="nearest")
+        if titles is not None:
+            ax.set_title(titles[index], fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if colorbar:
+            fig.colorbar(shown, ax=ax, shrink=0.8)
+    for ax in axes[len(images) :]:
+        ax.set_axis_off()
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def complex_images(images, titles, *, suptitle=None, phase_threshold=0.0):
+    """Show complex images as amplitude (top row) and phase (bottom row).
+
+    Parameters
+    ----------
+    images : sequence of ndarray of shape (rows, cols), complex
+    titles : sequence of str
+    suptitle : str, optional
+    phase_threshold : float
+        Blank the phase where the amplitude is below this fraction of its maximum (useful for
+        probes, whose phase is noise where there is no light).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    amplitudes = [np.abs(image) for image in images]
+    phases = []
+    for image, amplitude in zip(images, amplitudes):
+        phase = np.angle(image)
+        phases.append(np.where(amplitude >= phase_threshold * amplitude.max(), phase, np.nan))
+    return image_grid(
+        amplitudes + phases,
+        [f"{title}: amplitude" for title in titles] + [f"{title}: phase (rad)" for title in titles],
+        cmap=["gray"] * len(images) + ["twilight"] * len(images),
+        ncols=len(images),
+        suptitle=suptitle,
+    )
+
+
+def scan_figure(scans, titles, *, backgrounds=None, probe_diameter_px=None, suptitle=None):
+    """Show scan positions, each over an optional background image, with one probe footprint drawn.
+
+    Parameters
+    ----------
+    scans : sequence of (x_px, y_px)
+        Positions in object pixels (x along columns, y along rows).
+    titles : sequence of str
+    backgrounds : sequence of ndarray of shape (rows, cols) or None, optional
+        Images under the positions (e.g. ``np.abs(obj)``).
+    probe_diameter_px : float, optional
+        Draw a circle of this diameter around the first position.
+    suptitle : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    backgrounds = backgrounds or [None] * len(scans)
+    fig = Figure(figsize=(4.2 * len(scans), 4.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(scans), squeeze=False)).ravel()
+    for ax, (x_px, y_px), title, background in zip(axes, scans, titles, backgrounds):
+        if background is not None:
+            ax.imshow(background, cmap="gray", interpolation="nearest")
+        ax.plot(x_px, y_px, ".", markersize=2, color="tab:orange")
+        if probe_diameter_px:
+            ax.add_patch(Circle((x_px[0], y_px[0]), probe_diameter_px / 2, fill=False, color="tab:cyan", lw=1.5))
+        ax.set_title(f"{title} ({len(x_px)} positions)", fontsize=9)
+        ax.set_aspect("equal")
+        if background is None:
+            ax.invert_yaxis()
+        ax.set_xlabel("x (px)")
+        ax.set_ylabel("y (px)")
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def diffraction_patterns(patterns, titles, *, ncols=None, suptitle=None):
+    """Show diffraction patterns (counts or amplitudes squared) on a log scale, ``log10(1 + counts)``.
+
+    Parameters
+    ----------
+    patterns : sequence of ndarray of shape (N, N)
+        Counts, DC at the centre.
+    titles : sequence of str
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    return image_grid(
+        [np.log10(1.0 + np.asarray(pattern, dtype=np.float64)) for pattern in patterns],
+        [f"{title}\nlog10(1 + counts)" for title in titles],
+        cmap="magma",
+        ncols=ncols,
+        suptitle=suptitle,
+    )
+
+
+def group_figure(obj, x_px, y_px, indices, offsets, patch_size, *, title=None):
+    """Draw one group on the object: its members' N x N windows, centre and offsets.
+
+    Parameters
+    ----------
+    obj : ndarray of shape (rows, cols)
+        Object (its modulus is shown).
+    x_px, y_px : ndarray of shape (n_positions,)
+        All scan positions (shown faintly).
+    indices : ndarray of shape (C,), int
+        The group's members.
+    offsets : ndarray of shape (C, 2)
+        Member position minus group mean, last axis ``(x, y)``.
+    patch_size : int
+        N.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Left: the windows on the object; right: the offsets (px) as arrows from the group centre.
+    """
+    x_px, y_px = np.asarray(x_px), np.asarray(y_px)
+    indices, offsets = np.asarray(indices), np.asarray(offsets)
+    fig = Figure(figsize=(9.5, 4.6), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    left.imshow(np.abs(obj), cmap="gray", interpolation="nearest")
+    left.plot(x_px, y_px, ".", markersize=1, color="tab:orange", alpha=0.4)
+    colours = [f"C{i % 10}" for i in range(len(indices))]
+    half = patch_size // 2
+    for member, colour in zip(indices, colours):
+        left.add_patch(Rectangle((x_px[member] - half - 0.5, y_px[member] - half - 0.5), patch_size, patch_size,
+                                 fill=False, color=colour, lw=1.2))  # fmt: skip
+        left.plot(x_px[member], y_px[member], "o", color=colour, markersize=4)
+    centre = (x_px[indices].mean(), y_px[indices].mean())
+    left.plot(*centre, "w+", markersize=10)
+    left.set_title(f"{len(indices)} windows of {patch_size} px on the object", fontsize=9)
+    for (dx, dy), colour, member in zip(offsets, colours, indices):
+        right.annotate("", xy=(dx, dy), xytext=(0, 0), arrowprops={"arrowstyle": "->", "color": colour, "lw": 1.5})
+        right.plot(dx, dy, "o", color=colour)
+        right.annotate(f" {member}", (dx, dy), fontsize=8)
+    reach = max(1.0, float(np.abs(offsets).max()) * 1.4)
+    right.set_xlim(-reach, reach)
+    right.set_ylim(reach, -reach)
+    right.set_aspect("equal")
+    right.axhline(0, color="0.8", lw=0.8)
+    right.axvline(0, color="0.8", lw=0.8)
+    right.set_xlabel("offset x (px)")
+    right.set_ylabel("offset y (px)")
+    right.set_title("offsets = position - group mean", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def schedule(plan):
+    """Show a multi-stage training schedule: learning rate and physics weight per epoch.
+
+    Parameters
+    ----------
+    plan : sequence of config.EpochPlan
+        ``config.epoch_plan(training)``; each entry has ``epoch``, ``stage``, ``learning_rate`` and
+        ``physics_weight``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Stage boundaries are dotted vertical lines.
+    """
+    epochs = np.array([p.epoch for p in plan])
+    fig = Figure(figsize=(7.5, 3.2), layout="constrained")
+    rate_ax, weight_ax = fig.subplots(1, 2)
+    rate_ax.step(epochs, [p.learning_rate for p in plan], where="post")
+    rate_ax.set_yscale("log")
+    rate_ax.set_ylabel("learning rate")
+    weight_ax.step(epochs, [p.physics_weight for p in plan], where="post", color="tab:red")
+    weight_ax.set_ylim(-0.05, 1.05)
+    weight_ax.set_ylabel("physics weight (1 = Poisson NLL only)")
+    stages = np.array([p.stage for p in plan])
+    for ax in (rate_ax, weight_ax):
+        for boundary in epochs[1:][np.diff(stages) != 0]:
+            ax.axvline(boundary, color="0.6", ls=":")
+        ax.set_xlabel("epoch")
+    fig.suptitle(f"{len(plan)} epochs in {len(set(stages.tolist()))} stage(s)")
+    return fig
+
+
+def loss_curves(histories, *, log=True):
+    """Plot training (solid) and validation (dashed) loss per epoch for one or more runs.
+
+    Parameters
+    ----------
+    histories : dict of str to list of dict
+        Run label to its per-epoch records, each with ``epoch``, ``loss`` and optionally
+        ``val_loss`` (None when there is no validation split).
+    log : bool
+        Logarithmic loss axis (only when every plotted value is positive).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = Figure(figsize=(6.5, 4.0), layout="constrained")
+    ax = fig.subplots()
+    positive = True
+    for index, (label, history) in enumerate(histories.items()):
+        colour = f"C{index % 10}"
+        epochs = [record["epoch"] for record in history]
+        loss = np.array([record["loss"] for record in history], dtype=float)
+        ax.plot(epochs, loss, "-", color=colour, label=f"{label}: train")
+        positive &= bool(np.all(loss > 0))
+        val = [record.get("val_loss") for record in history]
+        if any(v is not None for v in val):
+            val = np.array([np.nan if v is None else v for v in val], dtype=float)
+            ax.plot(epochs, val, "--", color=colour, label=f"{label}: validation")
+            positive &= bool(np.all(val[np.isfinite(val)] > 0))
+    if log and positive:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def compare_objects(truth, recons, *, mask=None, align=True):
+    """Show the true object beside reconstructions: amplitude (top row) and phase (bottom row).
+
+    Parameters
+    ----------
+    truth : ndarray of shape (rows, cols), complex
+    recons : dict of str to ndarray of shape (rows, cols), complex
+        Label to reconstruction on the truth's pixel grid.
+    mask : ndarray of shape (rows, cols), bool, optional
+        Region to show (e.g. where the reconstruction has weight); outside it is blank.
+    align : bool
+        Multiply each reconstruction by the complex factor that best matches it to the truth inside
+        the mask (`metrics.remove_global_factor`), so that phase offset and scale do not hide the
+        comparison.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from ptycholib import metrics
+
+    truth = np.asarray(truth)
+    shown = np.ones(truth.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    images = {"truth": truth}
+    for label, recon in recons.items():
+        images[label] = metrics.remove_global_factor(recon, truth, shown) if align else np.asarray(recon)
+    blanked = [np.where(shown, image, np.nan) for image in images.values()]
+    return image_grid(
+        [np.abs(image) for image in blanked] + [np.angle(image) for image in blanked],
+        [f"{label}: amplitude" for label in images] + [f"{label}: phase (rad)" for label in images],
+        cmap=["gray"] * len(images) + ["twilight"] * len(images),
+        ncols=len(images),
+    )

@@ -1,0 +1,341 @@
+"""Train, reconstruct, evaluate: what the notebooks, the CLI and the ptychodus adapter call.
+
+Everything here is NumPy plus one call into the backend chosen by the config (or by the caller), so a
+model trained by one backend reconstructs with the other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ptycholib import archive as archive_io
+from ptycholib import forward, grouping, metrics, reassemble
+from ptycholib.archive import ModelArchive
+from ptycholib.backends import get_backend
+
+__all__ = [
+    "GroupedData",
+    "TrainedModel",
+    "Reconstruction",
+    "group_data",
+    "inference_groups",
+    "train_model",
+    "build_backend_model",
+    "reconstruct",
+    "evaluate",
+    "canvas_shape_for",
+    "save_reconstruction",
+    "load_reconstruction",
+]
+
+
+@dataclass(frozen=True)
+class GroupedData:
+    """Groups of a data set, ready for a backend (channels-first).
+
+    Attributes
+    ----------
+    inputs : ndarray of shape (G, C, N, N), float32
+        Network input ``g * a``.
+    amplitudes : ndarray of shape (G, C, N, N), float32
+        Measured amplitudes (count units, what the loss compares with).
+    offsets : ndarray of shape (G, C, 2), float32
+        Position minus group mean in pixels, last axis ``(x, y)``.
+    indices : ndarray of shape (G, C), int64
+        Scan positions of each group's members.
+    target_patches : ndarray of shape (G, C, N, N), complex64, or None
+        Ground-truth patches cut from the data's object (supervised training only).
+    """
+
+    inputs: np.ndarray
+    amplitudes: np.ndarray
+    offsets: np.ndarray
+    indices: np.ndarray
+    target_patches: np.ndarray | None = None
+
+
+def group_data(data, groups, input_scale, *, with_targets=False):
+    """Gather a data set into `GroupedData` for the given `grouping.Groups`."""
+    amplitudes = data.amplitudes[groups.indices]
+    targets = None
+    if with_targets:
+        if data.obj is None:
+            raise ValueError("model_type='supervised' needs the true object (objectGuess) in the training data.")
+        n = data.amplitudes.shape[-1]
+        flat = groups.indices.reshape(-1)
+        targets = forward.extract_patches(data.obj, data.x_px[flat], data.y_px[flat], n)
+        targets = targets.reshape(groups.indices.shape + (n, n)).astype(np.complex64)
+    return GroupedData(
+        inputs=(input_scale * amplitudes).astype(np.float32),
+        amplitudes=amplitudes.astype(np.float32),
+        offsets=np.asarray(groups.offsets, dtype=np.float32),
+        indices=np.asarray(groups.indices, dtype=np.int64),
+        target_patches=targets,
+    )
+
+
+def inference_groups(data, model_config, neighbor_count):
+    """Groups for inference: every scan position seeds one group, so every position is predicted.
+
+    For gridsize 1 the groups are the positions themselves.
+    """
+    return grouping.group_neighbors(
+        data.x_px, data.y_px, model_config.gridsize, neighbor_count=neighbor_count,
+        n_groups=len(data.x_px), seed=0, sequential=True,
+    )
+
+
+@dataclass
+class TrainedModel:
+    """A trained model: its archive contents, per-epoch history and training time.
+
+    Attributes
+    ----------
+    archive : ModelArchive
+        Config, canonical weights, ``g`` and the backend; save it with `archive.save_model`.
+    history : list of dict
+        One record per epoch (epoch, stage, learning_rate, physics_weight, loss, val_loss).
+    seconds : float
+        Wall-clock training time.
+    n_groups : int
+        Groups trained on.
+    """
+
+    archive: ModelArchive
+    history: list = field(default_factory=list)
+    seconds: float = 0.0
+    n_groups: int = 0
+
+
+def train_model(data, config, *, initial_weights=None, log_dir=None, progress=True, callback=None):
+    """Train a model on ``data`` with the backend of ``config.training.backend``.
+
+    Parameters
+    ----------
+    data : ptycholib.data.PtychoData
+        Training scan (amplitudes, positions, probe; the object too for ``model_type='supervised'``).
+    config : Config
+    initial_weights : dict, optional
+        Canonical weights to start from (e.g. another backend's initial weights, for parity runs).
+    log_dir : path, optional
+        Where the backend writes its CSV log and checkpoints.
+    progress : bool
+        Show a progress bar.
+    callback : callable, optional
+        Called with each epoch's record (ptychodus streams losses through it).
+
+    Returns
+    -------
+    TrainedModel
+    """
+    model_config, training = config.model, config.training
+    backend = get_backend(training.backend)
+    groups = grouping.group_neighbors(
+        data.x_px, data.y_px, model_config.gridsize, neighbor_count=training.neighbor_count,
+        n_groups=training.n_groups, seed=training.seed, sequential=training.sequential_sampling,
+    )
+    input_scale = grouping.input_scale(data.amplitudes)
+    grouped = group_data(data, groups, input_scale, with_targets=model_config.model_type == "supervised")
+    intensity_scale = forward.initial_intensity_scale(data.amplitudes, data.probe, model_config.probe_scale)
+    model = backend.network.build_model(model_config, data.probe, intensity_scale, seed=training.seed)
+    if initial_weights is not None:
+        backend.network.set_weights(model, initial_weights)
+    start = time.perf_counter()
+    history = backend.training.train(
+        model, grouped.inputs, grouped.offsets, grouped.amplitudes, training,
+        target_patches=grouped.target_patches, validation_fraction=training.validation_fraction,
+        log_dir=log_dir, progress=progress, callback=callback,
+    )
+    seconds = time.perf_counter() - start
+    weights = backend.network.get_weights(model)
+    return TrainedModel(
+        archive=ModelArchive(config=config, weights=weights, input_scale=input_scale, backend=backend.name),
+        history=history, seconds=seconds, n_groups=len(grouped.inputs),
+    )
+
+
+def _as_archive(model):
+    if isinstance(model, TrainedModel):
+        return model.archive
+    if isinstance(model, ModelArchive):
+        return model
+    if isinstance(model, (str, Path)):
+        return archive_io.load_model(model)
+    raise TypeError(f"model must be a TrainedModel, a ModelArchive or a path to an archive, not {type(model).__name__}.")
+
+
+def build_backend_model(model, backend=None):
+    """Build a backend model from an archive (either backend's) and return ``(backend, model)``."""
+    saved = _as_archive(model)
+    backend = get_backend(backend or saved.backend)
+    net = backend.network.build_model(saved.config.model, saved.probe, saved.intensity_scale)
+    backend.network.set_weights(net, saved.weights)
+    return backend, net
+
+
+def canvas_shape_for(data):
+    """Object canvas of a data set: the true object's shape, or the scan's extent plus a half window."""
+    if data.obj is not None:
+        return data.obj.shape
+    half = data.amplitudes.shape[-1] // 2
+    return (int(np.ceil(data.y_px.max())) + half + 2, int(np.ceil(data.x_px.max())) + half + 2)
+
+
+@dataclass
+class Reconstruction:
+    """An object reconstructed on the data's object grid.
+
+    Attributes
+    ----------
+    obj : ndarray of shape (rows, cols), complex64
+        Reassembled object (0 where nothing was reconstructed).
+    weights : ndarray of shape (rows, cols)
+        Accumulated reassembly weights; ``weights > 0`` is the reconstructed region.
+    object_patches : ndarray of shape (G, C, N, N), complex64
+        Per-group network outputs.
+    indices : ndarray of shape (G, C), int64
+        Scan position of every patch.
+    region : ndarray of shape (rows, cols), bool
+        The scanned region: pixels under some position's central ``crop_size`` window (what the
+        scores use, for every weighting).
+    inference_seconds, reassembly_seconds : float
+        Time spent in the network and in reassembly.
+    backend : str
+    """
+
+    obj: np.ndarray
+    weights: np.ndarray
+    region: np.ndarray
+    object_patches: np.ndarray
+    indices: np.ndarray
+    inference_seconds: float
+    reassembly_seconds: float
+    backend: str
+
+
+def reconstruct(model, data, *, backend=None, inference=None, progress=False):
+    """Reconstruct the object of a scan with a trained model (from either backend).
+
+    Parameters
+    ----------
+    model : TrainedModel, ModelArchive or path
+        A model archive (``wts.h5.zip``) or its loaded contents.
+    data : ptycholib.data.PtychoData
+    backend : str, optional
+        Backend to predict with; default ``inference.backend``, else the one that trained the model.
+    inference : InferenceConfig, optional
+        Batch size and reassembly (crop size, weighting); default: the archive's.
+    progress : bool
+        Show a progress bar while predicting.
+
+    Returns
+    -------
+    Reconstruction
+    """
+    saved = _as_archive(model)
+    inference = inference or saved.config.inference
+    if data.amplitudes.shape[-1] != saved.config.model.N:
+        raise ValueError(
+            f"the data's patterns are {data.amplitudes.shape[-1]} px but the model was trained for "
+            f"N={saved.config.model.N}."
+        )
+    chosen, net = build_backend_model(saved, backend or inference.backend)
+    groups = inference_groups(data, saved.config.model, saved.config.training.neighbor_count)
+    grouped = group_data(data, groups, saved.input_scale)
+    start = time.perf_counter()
+    patches = chosen.training.predict_patches(net, grouped.inputs, grouped.offsets, batch_size=inference.batch_size,
+                                              progress=progress)
+    inference_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    obj, weights = reassemble.reassemble_patches(
+        patches, data.x_px[grouped.indices], data.y_px[grouped.indices], canvas_shape_for(data),
+        crop_size=inference.crop_size, weighting=inference.weighting, probe=saved.probe,
+    )
+    reassembly_seconds = time.perf_counter() - start
+    region = metrics.scanned_region_mask(data.x_px, data.y_px, obj.shape, inference.crop_size)
+    return Reconstruction(obj=obj.astype(np.complex64), weights=weights, region=region, object_patches=patches,
+                          indices=grouped.indices, inference_seconds=inference_seconds,
+                          reassembly_seconds=reassembly_seconds, backend=chosen.name)
+
+
+def evaluate(reconstruction, data, *, mask=None, **options):
+    """Score a reconstruction against the data's true object (`metrics.evaluate_reconstruction`).
+
+    Parameters
+    ----------
+    reconstruction : Reconstruction or ndarray of shape (rows, cols), complex
+    data : ptycholib.data.PtychoData
+        Must hold the true object.
+    mask : ndarray of shape (rows, cols), bool, optional
+        Region to score; default the scanned region of a `Reconstruction` (``.region``).
+    **options
+        ``register``, ``remove_ramp``, ``upsample_factor``.
+    """
+    if data.obj is None:
+        raise ValueError("the data has no true object (objectGuess); nothing to evaluate against.")
+    if isinstance(reconstruction, Reconstruction):
+        mask = reconstruction.region if mask is None else mask
+        reconstruction = reconstruction.obj
+    return metrics.evaluate_reconstruction(reconstruction, data.obj, mask=mask, **options)
+
+
+def save_reconstruction(reconstruction, path, **metadata):
+    """Write ``object`` (complex64 (H, W)), ``weights`` and JSON ``metadata`` to an NPZ, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = {"backend": reconstruction.backend, "inference_seconds": reconstruction.inference_seconds,
+            "reassembly_seconds": reconstruction.reassembly_seconds, **metadata}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, object=reconstruction.obj, weights=reconstruction.weights, metadata=np.array(json.dumps(info)))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_reconstruction(path):
+    """Read a reconstruction NPZ (``object`` complex (H, W), optional JSON ``metadata``); never unpickles.
+
+    Returns
+    -------
+    obj : ndarray of shape (H, W), complex
+    metadata : dict
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reconstruction file {path} does not exist.")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "object" not in npz.files:
+                found = ", ".join(sorted(npz.files)) or "nothing"
+                raise KeyError(f"{path.name} has no 'object' array (found: {found}); it is not a reconstruction.")
+            obj = npz["object"]
+            raw = npz["metadata"] if "metadata" in npz.files else None
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path.name} is not a readable NPZ file ({exc}); is it truncated?") from None
+    except ValueError as exc:
+        raise ValueError(f"{path.name} cannot be read without unpickling ({exc}); re-save it with plain arrays.") from None
+    metadata = {}
+    if raw is not None:
+        try:
+            metadata = json.loads(str(raw[()]))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"metadata in {path.name} is not a JSON string ({exc}).") from None
+    if obj.ndim != 2 or not np.iscomplexobj(obj):
+        raise ValueError(f"object in {path.name} has shape {obj.shape} and dtype {obj.dtype}; expected complex (H, W).")
+    if not np.all(np.isfinite(obj)):
+        raise ValueError(f"object in {path.name} has {int(np.sum(~np.isfinite(obj)))} NaN or infinite values.")
+    return obj, metadata

@@ -1,0 +1,47 @@
+"""ptycholib.plotting: every helper returns a Figure (headless) with the panels it promises."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from matplotlib.figure import Figure  # noqa: E402
+
+from ptycholib import config, grouping, plotting  # noqa: E402
+
+
+def _image_axes(fig):
+    return [ax for ax in fig.axes if ax.images]
+
+
+def test_image_helpers(tiny_dataset, tmp_path):
+    obj, probe = tiny_dataset.obj, tiny_dataset.probe
+    fig = plotting.complex_images([obj, probe], ["object", "probe"], phase_threshold=0.05)
+    assert isinstance(fig, Figure) and len(_image_axes(fig)) == 4
+    fig = plotting.diffraction_patterns(list(tiny_dataset.amplitudes[:3] ** 2), ["a", "b", "c"], ncols=2)
+    assert len(_image_axes(fig)) == 3
+    fig.savefig(tmp_path / "patterns.png")
+    assert (tmp_path / "patterns.png").stat().st_size > 0
+
+
+def test_scan_and_group_figures(tiny_dataset):
+    data = tiny_dataset
+    fig = plotting.scan_figure([(data.x_px, data.y_px)] * 2, ["a", "b"], backgrounds=[np.abs(data.obj), None],
+                               probe_diameter_px=20)  # fmt: skip
+    assert len(fig.axes) == 2 and fig.axes[0].patches
+    groups = grouping.group_neighbors(data.x_px, data.y_px, 2, neighbor_count=6, seed=0)
+    fig = plotting.group_figure(data.obj, data.x_px, data.y_px, groups.indices[5], groups.offsets[5], data.patch_size)
+    assert len(fig.axes[0].patches) == 4
+
+
+def test_training_figures(tiny_dataset):
+    plan = config.epoch_plan(config.apply_overrides(config.Config(), {"nepochs": 5}).training)
+    assert len(plotting.schedule(plan).axes) == 2
+    history = [{"epoch": i, "loss": 1.0 / (i + 1), "val_loss": None} for i in range(4)]
+    assert plotting.loss_curves({"run": history}).axes[0].get_yscale() == "log"
+    truth = tiny_dataset.obj
+    mask = np.zeros(truth.shape, bool)
+    mask[20:80, 20:100] = True
+    fig = plotting.compare_objects(truth, {"recon": truth * 2j}, mask=mask)
+    amplitude = fig.axes[0].images[0].get_array()
+    assert len(_image_axes(fig)) == 4 and np.isnan(np.asarray(amplitude, dtype=float)[0, 0])
