@@ -47,7 +47,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-from ptycholib import config, notebooks, report
+from ptycholib import config, notebooks, plotting
 
 Path(fig_dir).mkdir(parents=True, exist_ok=True)
 
@@ -60,7 +60,7 @@ Path(fig_dir).mkdir(parents=True, exist_ok=True)
 
 # %%
 rows = config.field_table()
-fig = report.table_figure(
+fig = plotting.table_figure(
     [(section, name, repr(default), text[:70]) for section, name, default, text in rows],
     ["section", "field", "default", "meaning"],
     title="ptycholib configuration schema",
@@ -117,7 +117,7 @@ legacy = config.to_legacy_dict(cfg)
 back, legacy_report = config.from_legacy_dict(legacy)
 assert back == cfg
 renamed = [(ours, theirs, repr(legacy[theirs])) for ours, theirs in config.LEGACY_KEY_RENAMES.items()]
-report.table_figure(renamed, ["ptycholib field", "PtychoPINN key", "value"], title="Renamed legacy keys").savefig(
+plotting.table_figure(renamed, ["ptycholib field", "PtychoPINN key", "value"], title="Renamed legacy keys").savefig(
     f"{fig_dir}/01_legacy_keys.png", dpi=110)
 foreign = dict(legacy, **{"offset": 4, "data_source": "lines", "max_position_jitter": 10})
 _, foreign_report = config.from_legacy_dict(foreign, strict=False)
@@ -141,7 +141,7 @@ torch_style = {
 imported, torch_report = config.from_torch_style(torch_style, strict=False)
 print(torch_report)
 drift = config.config_drift(config.Config(), imported)
-report.table_figure([(d.key, repr(d.ours), repr(d.theirs)) for d in drift], ["field", "ptycholib default", "torch-style"],
+plotting.table_figure([(d.key, repr(d.ours), repr(d.theirs)) for d in drift], ["field", "ptycholib default", "torch-style"],
                     title="Drift of a PtychoPINN-Torch-style config").savefig(f"{fig_dir}/01_torch_style_drift.png", dpi=110)
 for d in drift:
     print(f"{d.key:36s} {d.ours!r:>14} -> {d.theirs!r}")

@@ -24,9 +24,16 @@ import numpy as np
 from ptycholib import forward
 from ptycholib.reassemble import scatter_add_patches
 
-__all__ = ["EPIEResult", "epie", "epie_numpy", "epie_ptylab", "ENGINES"]
+__all__ = ["EPIEResult", "epie", "epie_numpy", "epie_ptylab", "ptylab_available", "ENGINES"]
 
 ENGINES = ("numpy", "ptylab")
+
+
+def ptylab_available():
+    """True when the optional PtyLab package (``pip install ptylab``) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("PtyLab") is not None or importlib.util.find_spec("ptylab") is not None
 
 
 @dataclass(frozen=True)

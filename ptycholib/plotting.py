@@ -20,6 +20,10 @@ __all__ = [
     "schedule",
     "loss_curves",
     "compare_objects",
+    "error_maps",
+    "frc_curves",
+    "table_figure",
+    "difference_maps",
 ]
 
 
@@ -311,3 +315,100 @@ def compare_objects(truth, recons, *, mask=None, align=True):
         cmap=["gray"] * len(images) + ["twilight"] * len(images),
         ncols=len(images),
     )
+
+
+def error_maps(truth, recons, *, mask=None):
+    """Show where each reconstruction differs from the truth: amplitude and wrapped phase errors.
+
+    Each reconstruction is first aligned to the truth (`metrics.align_to_truth`: sub-pixel
+    registration and one global complex factor) over ``mask``'s bounding box.
+
+    Parameters
+    ----------
+    truth : ndarray of shape (rows, cols), complex
+    recons : dict of str to ndarray of shape (rows, cols), complex
+    mask : ndarray of shape (rows, cols), bool, optional
+        Scored region.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Top row ``|recon| - |truth|``, bottom row the wrapped phase difference (rad).
+    """
+    from ptycholib import metrics
+
+    amplitude_errors, phase_errors = [], []
+    for recon in recons.values():
+        aligned = metrics.align_to_truth(recon, truth, mask=mask)
+        recon_amplitude, truth_amplitude = aligned.amplitudes()
+        recon_phase, truth_phase = aligned.phases()
+        amplitude_errors.append(np.where(aligned.mask, recon_amplitude - truth_amplitude, np.nan))
+        phase_errors.append(np.where(aligned.mask, recon_phase - truth_phase, np.nan))
+    labels = list(recons)
+    return image_grid(
+        amplitude_errors + phase_errors,
+        [f"{label}: amplitude error" for label in labels] + [f"{label}: phase error (rad)" for label in labels],
+        cmap="RdBu_r",
+        ncols=len(labels),
+    )
+
+
+def frc_curves(results, *, title="Fourier ring correlation with the truth"):
+    """Plot FRC curves with the 0.5 and 1/2-bit thresholds.
+
+    Parameters
+    ----------
+    results : dict of str to metrics.FRCResult
+        Label to FRC result (``frequencies`` as a fraction of Nyquist, ``curve``, ``half_bit``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = Figure(figsize=(6.5, 4.0), layout="constrained")
+    ax = fig.subplots()
+    half_bit = None
+    for index, (label, result) in enumerate(results.items()):
+        ax.plot(result.frequencies, result.curve, color=f"C{index % 10}", label=label)
+        half_bit = result
+    ax.axhline(0.5, color="0.4", ls="--", lw=1, label="0.5")
+    if half_bit is not None:
+        ax.plot(half_bit.frequencies, half_bit.half_bit, color="0.4", ls=":", lw=1, label="1/2-bit")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.1, 1.05)
+    ax.set_xlabel("spatial frequency (fraction of Nyquist)")
+    ax.set_ylabel("FRC")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def difference_maps(images, titles, *, suptitle=None):
+    """Show signed differences (e.g. torch minus tensorflow) on a symmetric colour scale."""
+    return image_grid([np.asarray(image) for image in images], titles, cmap="RdBu_r", suptitle=suptitle)
+
+
+def table_figure(rows, col_labels, *, title=None, col_widths=None):
+    """Draw rows of text as a table and return the Figure.
+
+    Parameters
+    ----------
+    rows : sequence of sequence
+        Cell values; converted with ``str``.
+    col_labels : sequence of str
+    title : str, optional
+    col_widths : sequence of float, optional
+        Relative column widths.
+    """
+    cells = [[str(value) for value in row] for row in rows]
+    fig = Figure(figsize=(11, 0.32 * (len(cells) + 2) + 0.4), layout="constrained")
+    ax = fig.subplots()
+    ax.axis("off")
+    table = ax.table(cellText=cells, colLabels=list(col_labels), loc="upper center", cellLoc="left",
+                     colWidths=col_widths)
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1, 1.2)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig

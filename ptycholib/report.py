@@ -1,4 +1,4 @@
-"""Tables and the summary report of the main job (Markdown + JSON)."""
+"""The summary report of the main job (Markdown + JSON)."""
 
 from __future__ import annotations
 
@@ -6,35 +6,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["table_figure", "write_summary"]
-
-
-def table_figure(rows, col_labels, *, title=None, col_widths=None):
-    """Draw rows of text as a matplotlib table and return the Figure.
-
-    Parameters
-    ----------
-    rows : sequence of sequence
-        Cell values; converted with ``str``.
-    col_labels : sequence of str
-    title : str, optional
-    col_widths : sequence of float, optional
-        Relative column widths.
-    """
-    import matplotlib.pyplot as plt
-
-    cells = [[str(value) for value in row] for row in rows]
-    fig, ax = plt.subplots(figsize=(11, 0.32 * (len(cells) + 2) + 0.4))
-    ax.axis("off")
-    table = ax.table(cellText=cells, colLabels=list(col_labels), loc="upper center", cellLoc="left",
-                     colWidths=col_widths)
-    table.auto_set_font_size(False)
-    table.set_fontsize(8)
-    table.scale(1, 1.2)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+__all__ = ["write_summary"]
 
 
 def write_summary(runs, markdown_path):

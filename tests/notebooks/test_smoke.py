@@ -1,7 +1,11 @@
-"""Papermill smoke runs of every notebook (smoke=True), per backend where the notebook takes one."""
+"""Papermill smoke runs of every notebook (smoke=True), per backend where the notebook takes one.
+
+The notebooks form a pipeline (02 writes the data, 03 the models, 04 reads both), so the runs share one
+session folder and a notebook's prerequisites run first, once.
+"""
 
 import math
-from pathlib import Path
+import re
 
 import pytest
 
@@ -11,12 +15,16 @@ pytest.importorskip("jupytext")
 from ptycholib import notebooks  # noqa: E402
 
 NOTEBOOKS = notebooks.notebook_paths()
+PREREQUISITES = {"03": ["02"], "04": ["02", "03"], "05": ["02"]}
+
+
+def _declares(path, name):
+    return re.search(rf"^{name}: ", path.read_text(), re.M) is not None
 
 
 def _cases():
     for path in NOTEBOOKS:
-        source = path.read_text()
-        if "\nbackend: str" in source:
+        if _declares(path, "backend"):
             for backend in ("torch", "tensorflow"):
                 yield pytest.param(path, backend, id=f"{path.stem}-{backend}")
         else:
@@ -33,19 +41,36 @@ def _finite(value):
     return True
 
 
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    runs = {}
+
+    def run(number, backend=None):
+        path = notebooks.notebook_paths([number])[0]
+        backend = backend if _declares(path, "backend") else None
+        key = (number, backend)
+        if key not in runs:
+            for prerequisite in PREREQUISITES.get(number, []):
+                run(prerequisite, backend)
+            shared = {"data_dir": str(root / "data"), "model_dir": str(root / "models"), "backend": backend}
+            parameters = {k: v for k, v in shared.items() if v is not None and _declares(path, k)}
+            name = f"{path.stem}-{backend}" if backend else path.stem
+            runs[key] = notebooks.run_notebook(path, parameters=parameters, out_dir=root / "executed",
+                                               fig_dir=root / "figures" / name, smoke=True, run_name=name,
+                                               timeout=900)
+        return runs[key]
+
+    return run
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("path, backend", list(_cases()))
-def test_notebook_smoke(path: Path, backend, tmp_path):
+def test_notebook_smoke(path, backend, pipeline):
     if backend:
         pytest.importorskip(backend)
-    parameters = {"backend": backend} if backend else {}
-    if "\ndata_dir: str" in path.read_text():
-        parameters["data_dir"] = str(tmp_path / "data")
-    if "\nmodel_dir: str" in path.read_text():
-        parameters["model_dir"] = str(tmp_path / "model")
-    run = notebooks.run_notebook(path, parameters=parameters, out_dir=tmp_path / "nb", fig_dir=tmp_path / "fig",
-                                 smoke=True, timeout=600)
-    assert run.output.exists()
-    assert list(run.fig_dir.glob(f"{path.stem[:2]}_*.png")), "the notebook wrote no figure"
-    assert run.metrics, "the notebook wrote no metrics file"
-    assert _finite(run.metrics)
+    result = pipeline(path.stem[:2], backend)
+    assert result.output.exists()
+    assert list(result.fig_dir.glob(f"{path.stem[:2]}_*.png")), "the notebook wrote no figure"
+    assert result.metrics, "the notebook wrote no metrics file"
+    assert _finite(result.metrics), result.metrics
