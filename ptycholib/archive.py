@@ -46,7 +46,7 @@ FORMAT_NAME = "ptycholib-model"
 FORMAT_VERSION = 1
 DEFAULT_NAME = "wts.h5.zip"
 _MEMBERS = ("config.json", "weights.h5")
-_PICKLE_SUFFIXES = (".dill", ".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib", ".npy")
+_PICKLE_SUFFIXES = (".dill", ".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib")
 
 
 class ArchiveError(ValueError):
@@ -229,13 +229,19 @@ def read_manifest(path):
 def _manifest(path, zf):
     names = set(zf.namelist())
     risky = sorted(n for n in names if n.lower().endswith(_PICKLE_SUFFIXES))
+    if "manifest.json" not in names:
+        if risky:
+            raise ArchiveError(
+                f"{path} is not a ptycholib model archive: it holds {', '.join(risky[:3])} (pickles, as in "
+                "PtychoPINN's wts.h5.zip); ptycholib never unpickles. Retrain with ptycholib or export the "
+                "weights to ptycholib's canonical layout."
+            )
+        raise ArchiveError(f"{path} has no manifest.json; it is not a ptycholib model archive.")
     if risky:
         raise ArchiveError(
             f"{path} contains {', '.join(risky)}, which can hold pickled code; ptycholib never unpickles. "
             "Re-export the model with ptycholib.archive.save_model."
         )
-    if "manifest.json" not in names:
-        raise ArchiveError(f"{path} has no manifest.json; it is not a ptycholib model archive.")
     try:
         manifest = json.loads(zf.read("manifest.json"))
     except (json.JSONDecodeError, zipfile.BadZipFile, OSError) as exc:

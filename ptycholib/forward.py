@@ -299,7 +299,7 @@ def amplitude_mae(predicted_amplitudes, measured_amplitudes):
     return float(np.mean(np.abs(np.asarray(predicted_amplitudes) - np.asarray(measured_amplitudes))))
 
 
-def initial_intensity_scale(amplitudes, probe, probe_scale):
+def initial_intensity_scale(amplitudes, probe, probe_scale, object_amplitude=0.5):
     """Return the starting intensity scale ``s0`` fitted from measured amplitudes.
 
     Parameters
@@ -309,15 +309,19 @@ def initial_intensity_scale(amplitudes, probe, probe_scale):
     probe : ndarray of shape (N, N), complex
         Probe on the object grid, before normalisation.
     probe_scale : float
+    object_amplitude : float
+        Object modulus at which the predicted energy matches the data. 0.5 is the untrained sigmoid
+        head's output: the network starts at the energy of the data, in the middle of the sigmoid's
+        range, instead of being pushed towards saturation.
 
     Returns
     -------
     float
-        ``s0 = sqrt(mean_k sum(a_k**2) / sum(|P_hat|**2))``: the scale at which a unit-modulus
-        object reproduces the mean measured energy (Parseval). Fitted from the data, never from the
-        probe's absolute size (SPEC section 10).
+        ``s0 = sqrt(mean_k sum(a_k**2) / sum(|object_amplitude * P_hat|**2))`` (Parseval). Fitted from
+        the data, never from the probe's absolute size (SPEC section 10). The overall scale of object
+        and ``s`` is not observable; ``s`` stays trainable by default.
     """
     amplitudes = np.asarray(amplitudes, dtype=np.float64)
     mean_energy = float(np.mean(np.sum(amplitudes**2, axis=(-2, -1))))
-    probe_energy = float(np.sum(np.abs(normalize_probe(probe, probe_scale)) ** 2))
+    probe_energy = float(np.sum(np.abs(object_amplitude * normalize_probe(probe, probe_scale)) ** 2))
     return float(np.sqrt(mean_energy / probe_energy))

@@ -6,11 +6,16 @@ notebook 03 and the CLI read).
 """
 
 import dataclasses
+import os
 
-import numpy as np
+# One thread per framework: on a shared 2-core machine two OpenMP threads per test process collapse
+# when another process holds a core (torch runs ~10x slower); set before torch/tensorflow are imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 import pytest
 
-from ptycholib import data, simulate
+from ptycholib import data, simulate  # noqa: E402
 
 TINY_SHAPE = (100, 122)  # rows, cols: non-square, so transposed axes fail loudly
 TINY_PATCH = 64

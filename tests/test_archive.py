@@ -126,7 +126,13 @@ def test_pickle_bearing_and_foreign_archives_refused(saved, tmp_path):
     pickled = _rewrite(path, tmp_path / "pickle.zip", {"extra/params.dill": b"\x80\x04K\x01."})
     with pytest.raises(ArchiveError, match="params.dill, which can hold pickled code"):
         archive.load_model(pickled)
-    foreign = tmp_path / "ptychopinn.zip"
+    ptychopinn = tmp_path / "ptychopinn.zip"
+    with zipfile.ZipFile(ptychopinn, "w") as zf:
+        zf.writestr("manifest.dill", b"\x80\x04K\x01.")
+        zf.writestr("autoencoder/params.dill", b"\x80\x04K\x01.")
+    with pytest.raises(ArchiveError, match="not a ptycholib model archive: it holds .*manifest.dill.*never unpickles"):
+        archive.load_model(ptychopinn)
+    foreign = tmp_path / "foreign.zip"
     with zipfile.ZipFile(foreign, "w") as zf:
         zf.writestr("manifest.json", json.dumps({"models": ["autoencoder"], "version": "1.0"}))
     with pytest.raises(ArchiveError, match="expected 'ptycholib-model'"):

@@ -1,0 +1,554 @@
+"""Cross-backend parity: SPEC section 8's tolerances and the measurements behind them.
+
+`TOLERANCES` is the one table of targets; the parity tests (``tests/parity/``) assert against it and
+notebook 05 reports it. The ``compare_*`` helpers generate their inputs once in NumPy (seeded), run a
+stage on a backend (or on both), and return the measured relative differences, so tests and the
+notebook measure exactly the same thing. Frameworks are imported only when a helper runs.
+
+Relative error is ``max|a - b| / max|b|`` with ``b`` the reference (the NumPy oracle for the forward
+model, the torch backend for network outputs and gradients).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import forward
+from .backends import BACKENDS, get_backend, is_available
+
+__all__ = [
+    "TOLERANCES",
+    "Row",
+    "TrainingComparison",
+    "relative_error",
+    "make_physics_inputs",
+    "compare_forward_model",
+    "compare_network",
+    "compare_gradients",
+    "compare_reassembly",
+    "standard_model_configs",
+    "config_and_simulator_rows",
+    "forward_model_rows",
+    "network_rows",
+    "gradient_rows",
+    "reassembly_rows",
+    "compare_training",
+]
+
+TOLERANCES = {
+    "config_roundtrip": 0.0,  # exact round trip through the legacy dict
+    "simulator": 0.0,  # bit-identical for a seed (one implementation)
+    "forward_model": 1e-5,  # each backend vs ptycholib.forward, identical inputs
+    "network": 1e-4,  # torch vs tensorflow, identical canonical weights
+    "gradients": 1e-3,  # one training step's gradients, identical weights and batch
+    "reassembly": 1e-5,  # identical patches
+    "training_psnr_db": 1.0,  # both backends trained from the same initial weights on the same data
+    "training_ssim": 0.02,
+}
+"""SPEC section 8 targets, stage -> tolerance (relative unless the name carries a unit)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured line of the parity table (notebook 05).
+
+    Attributes
+    ----------
+    stage : str
+        Key of `TOLERANCES`.
+    detail : str
+        What was compared (backends, configuration).
+    measured : float
+        The difference found (relative, or in the unit of the stage).
+    target : float
+        ``TOLERANCES[stage]``.
+    """
+
+    stage: str
+    detail: str
+    measured: float
+    target: float
+
+    @property
+    def passed(self):
+        """True when ``measured <= target``."""
+        return bool(self.measured <= self.target)
+
+    def as_dict(self):
+        """Plain dict (JSON-ready), with ``passed``."""
+        return {**dataclasses.asdict(self), "measured": float(self.measured), "passed": self.passed}
+
+
+def _row(stage, detail, measured):
+    return Row(stage=stage, detail=detail, measured=float(measured), target=TOLERANCES[stage])
+
+
+def _available_backends():
+    return [name for name in BACKENDS if is_available(name)]
+
+
+def _describe(model_config):
+    cfg = model_config
+    return (
+        f"N={cfg.N} gridsize={cfg.gridsize} pad_object={cfg.pad_object} probe_big={cfg.probe_big}"
+        + (" probe_mask" if cfg.probe_mask else "")
+        + (f" sigma={cfg.gaussian_smoothing_sigma:g}" if cfg.gaussian_smoothing_sigma else "")
+    )
+
+
+def relative_error(a, b):
+    """Return ``max|a - b| / max|b|`` (``max|a - b|`` when ``b`` is all zeros).
+
+    Parameters
+    ----------
+    a, b : array_like of the same shape, real or complex
+        Measured values and reference values.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> relative_error(np.array([1.0, 2.0]), np.array([1.0, 2.5]))
+    0.2
+    """
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"relative_error needs equal shapes; got {a.shape} and {b.shape}.")
+    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    diff = float(np.max(np.abs(a.astype(np.complex128) - b.astype(np.complex128)))) if a.size else 0.0
+    return diff / scale if scale > 0 else diff
+
+
+def make_physics_inputs(model_config, *, batch=2, seed=0):
+    """Draw one seeded batch for the physics stages, in NumPy.
+
+    Returns
+    -------
+    dict
+        ``object_patches`` (B, C, N, N) complex64 (amplitude in [0.2, 1], phase in [-pi, pi)),
+        ``offsets`` (B, C, 2) float64 in [-6, 6) px, ``probe`` (N, N) complex64 (a diffuser probe:
+        Gaussian envelope of width N/8 times a random phase, so its far field fills the detector and
+        no pixel is dark), ``intensity_scale`` float, ``amplitudes`` (B, C, N, N) float32 (measured: the
+        reference prediction times a random factor in [0.8, 1.2]) and ``inputs`` (B, C, N, N)
+        float32 normalised amplitudes.
+    """
+    rng = np.random.default_rng(seed)
+    size, channels = model_config.N, model_config.gridsize**2
+    shape = (batch, channels, size, size)
+    object_patches = (rng.uniform(0.2, 1.0, shape) * np.exp(1j * rng.uniform(-np.pi, np.pi, shape))).astype(np.complex64)
+    offsets = rng.uniform(-6.0, 6.0, (batch, channels, 2))
+    coords = np.arange(size) - size // 2
+    r2 = coords[:, None] ** 2 + coords[None, :] ** 2
+    probe = (np.exp(-r2 / (2 * (size / 8) ** 2)) * np.exp(1j * rng.uniform(-np.pi, np.pi, (size, size)))).astype(np.complex64)
+    intensity_scale = 37.5
+    reference = _reference_forward(model_config, object_patches, offsets, probe, intensity_scale)
+    amplitudes = (reference["amplitudes"] * rng.uniform(0.8, 1.2, shape)).astype(np.float32)
+    energy = np.mean(np.sum(amplitudes.astype(np.float64) ** 2, axis=(-2, -1)))
+    inputs = (amplitudes * (size / 2) / np.sqrt(energy)).astype(np.float32)
+    return {
+        "object_patches": object_patches,
+        "offsets": offsets,
+        "probe": probe,
+        "intensity_scale": intensity_scale,
+        "amplitudes": amplitudes,
+        "inputs": inputs,
+    }
+
+
+def _reference_forward(model_config, object_patches, offsets, probe, intensity_scale):
+    cfg = model_config
+    views = object_patches
+    if cfg.object_big and cfg.gridsize > 1:
+        weights = forward.window_weights(cfg.N, pad_object=cfg.pad_object, probe_big=cfg.probe_big)
+        views = forward.assemble_group_canvas(object_patches, offsets, weights)
+    exit_wave = forward.illuminate(
+        views, probe, probe_scale=cfg.probe_scale, probe_mask=cfg.probe_mask,
+        gaussian_smoothing_sigma=cfg.gaussian_smoothing_sigma,
+    )
+    return {"views": views, "exit_wave": exit_wave, "amplitudes": forward.far_field_amplitude(exit_wave, intensity_scale)}
+
+
+def compare_forward_model(backend, model_config, *, batch=2, seed=0):
+    """Run the physics steps on one backend and on `ptycholib.forward` with identical inputs.
+
+    Parameters
+    ----------
+    backend : str
+        ``"torch"`` or ``"tensorflow"``.
+    model_config : ptycholib.config.ModelConfig
+        N, gridsize, object_big, pad_object, probe_big, probe_scale, probe_mask, smoothing.
+    batch, seed : int
+        Size and seed of the NumPy inputs (`make_physics_inputs`).
+
+    Returns
+    -------
+    dict of str to float
+        Relative error per step: ``views`` (group canvas, or the patches themselves), ``exit_wave``,
+        ``amplitudes`` (``s |F(P_hat O)| / N``), ``poisson_nll`` and ``amplitude_mae``; compare with
+        ``TOLERANCES["forward_model"]``.
+    """
+    cfg = model_config
+    module = get_backend(backend).physics
+    data = make_physics_inputs(cfg, batch=batch, seed=seed)
+    reference = _reference_forward(cfg, data["object_patches"], data["offsets"], data["probe"], data["intensity_scale"])
+    views = module.to_tensor(data["object_patches"])
+    if cfg.object_big and cfg.gridsize > 1:
+        weights = forward.window_weights(cfg.N, pad_object=cfg.pad_object, probe_big=cfg.probe_big)
+        views = module.assemble_group_canvas(views, data["offsets"], module.to_tensor(weights))
+    exit_wave = module.illuminate(
+        views, module.to_tensor(data["probe"]), probe_scale=cfg.probe_scale, probe_mask=cfg.probe_mask,
+        gaussian_smoothing_sigma=cfg.gaussian_smoothing_sigma,
+    )
+    amplitudes = module.far_field_amplitude(exit_wave, data["intensity_scale"])
+    measured = module.to_tensor(data["amplitudes"])
+    nll = float(module.to_numpy(module.poisson_nll(amplitudes, measured)))
+    mae = float(module.to_numpy(module.amplitude_mae(amplitudes, measured)))
+    return {
+        "views": relative_error(module.to_numpy(views), reference["views"]),
+        "exit_wave": relative_error(module.to_numpy(exit_wave), reference["exit_wave"]),
+        "amplitudes": relative_error(module.to_numpy(amplitudes), reference["amplitudes"]),
+        "poisson_nll": relative_error(nll, forward.poisson_nll(reference["amplitudes"], data["amplitudes"])),
+        "amplitude_mae": relative_error(mae, forward.amplitude_mae(reference["amplitudes"], data["amplitudes"])),
+    }
+
+
+def _model_pair(model_config, data, seed, source):
+    """Build ``source``'s model with ``seed``, copy its canonical weights into the other backend."""
+    target = "tensorflow" if source == "torch" else "torch"
+    backends = {name: get_backend(name) for name in (source, target)}
+    models = {
+        source: backends[source].network.build_model(model_config, data["probe"], data["intensity_scale"], seed=seed)
+    }
+    weights = backends[source].network.get_weights(models[source])
+    models[target] = backends[target].network.build_model(model_config, data["probe"], data["intensity_scale"])
+    backends[target].network.set_weights(models[target], weights)
+    return backends, models, weights
+
+
+def compare_network(model_config, *, batch=2, seed=0, source="torch"):
+    """Copy one backend's initial weights into the other and compare their outputs.
+
+    Parameters
+    ----------
+    model_config : ptycholib.config.ModelConfig
+    batch, seed : int
+        Batch size; seed of the inputs and of the source model's initial weights.
+    source : str
+        Backend whose weights are copied (``"torch"`` or ``"tensorflow"``); the other is measured
+        against it.
+
+    Returns
+    -------
+    dict of str to float
+        Relative errors of ``object`` (`predict_object`), ``views`` and ``amplitudes`` (the two
+        outputs of `forward_model`), and ``weights_roundtrip``: the largest difference after the
+        weights go source -> other -> back through `get_weights` / `set_weights` (0 when exact).
+        Compare with ``TOLERANCES["network"]``.
+    """
+    data = make_physics_inputs(model_config, batch=batch, seed=seed)
+    backends, models, weights = _model_pair(model_config, data, seed, source)
+    target = next(name for name in backends if name != source)
+    outputs = {}
+    for name, backend in backends.items():
+        physics, network = backend.physics, backend.network
+        obj = network.predict_object(models[name], physics.to_tensor(data["inputs"]))
+        views, amplitudes = network.forward_model(
+            models[name], physics.to_tensor(data["inputs"]), physics.to_tensor(data["offsets"])
+        )
+        outputs[name] = {key: physics.to_numpy(value) for key, value in (("object", obj), ("views", views), ("amplitudes", amplitudes))}
+    result = {key: relative_error(outputs[target][key], outputs[source][key]) for key in outputs[source]}
+    back = backends[target].network.get_weights(models[target])
+    backends[source].network.set_weights(models[source], back)
+    again = backends[source].network.get_weights(models[source])
+    result["weights_roundtrip"] = max(float(np.max(np.abs(again[k] - weights[k]))) if weights[k].size else 0.0 for k in weights)
+    return result
+
+
+def _layer_of(name):
+    """``encoder.0.conv1.weight`` -> ``encoder.0.conv1``; physics parameters are their own layer."""
+    return name if name.startswith("physics.") else name.rsplit(".", 1)[0]
+
+
+def compare_gradients(model_config, training_config, *, batch=2, seed=0, physics_weight=0.75, source="torch"):
+    """Compare one training step's gradients on both backends (same weights, same batch).
+
+    Parameters
+    ----------
+    model_config : ptycholib.config.ModelConfig
+    training_config : ptycholib.config.TrainingConfig
+        ``nll_weight`` and ``mae_weight`` of the loss.
+    batch, seed : int
+    physics_weight : float
+        The schedule's ``p`` for the step.
+    source : str
+        Backend whose initial weights both use, and the reference of the comparison.
+
+    Returns
+    -------
+    dict of str to float
+        Relative error per layer (kernel and bias together, e.g. ``encoder.0.conv1``) and for
+        ``physics.probe`` (``dL/dRe + i dL/dIm``) and ``physics.log_intensity_scale``, from each
+        backend's ``training.loss_gradients``; compare the largest with ``TOLERANCES["gradients"]``.
+
+    Notes
+    -----
+    The step is chosen well conditioned, so that float32 round-off does not dominate what is
+    measured: the probe's far field has no dark pixels (`make_physics_inputs`); the measured
+    amplitudes are the source model's own prediction times a factor in [1.1, 1.5], so the NLL and
+    MAE gradients do not cancel over the detector; and the biases are drawn from U(-0.5, 0.5) (a
+    mid-training point). At the zero-bias start the phase is nearly uniform, and since
+    ``|F(P O e^{i phi})|`` does not depend on a global phase ``phi`` the phase head's gradient is
+    then close to 0 and its relative error is round-off over round-off. Errors are per layer
+    (kernel and bias together). Measured this way both backends stay within about 1e-5 of a
+    float64 computation (checked with torch in float64 during development).
+    """
+    data = make_physics_inputs(model_config, batch=batch, seed=seed)
+    backends, models, weights = _model_pair(model_config, data, seed, source)
+    rng = np.random.default_rng(seed + 2)
+    weights = {
+        key: rng.uniform(-0.5, 0.5, value.shape).astype(np.float32) if key.endswith(".bias") else value
+        for key, value in weights.items()
+    }
+    for name, backend in backends.items():
+        backend.network.set_weights(models[name], weights)
+    physics, network = backends[source].physics, backends[source].network
+    _, predicted = network.forward_model(models[source], physics.to_tensor(data["inputs"]), physics.to_tensor(data["offsets"]))
+    factor = np.random.default_rng(seed + 1).uniform(1.1, 1.5, data["amplitudes"].shape)
+    amplitudes = (physics.to_numpy(predicted) * factor).astype(np.float32)
+    target_patches = data["object_patches"] if model_config.model_type == "supervised" else None
+    grads = {}
+    for name, backend in backends.items():
+        if not hasattr(backend.training, "loss_gradients"):
+            raise NotImplementedError(
+                f"ptycholib.{name}.training has no loss_gradients(model, inputs, offsets, amplitudes, "
+                "training_config, *, physics_weight=1.0, target_patches=None); the gradient parity needs it."
+            )
+        grads[name] = backend.training.loss_gradients(
+            models[name], data["inputs"], data["offsets"], amplitudes, training_config,
+            physics_weight=physics_weight, target_patches=target_patches,
+        )
+    target = next(name for name in backends if name != source)
+    mismatched = sorted(set(grads[source]) ^ set(grads[target]))
+    if mismatched:
+        raise ValueError(f"the backends' gradients have different keys: {mismatched}.")
+    errors = {}
+    for layer in sorted({_layer_of(key) for key in grads[source]}):
+        keys = [key for key in sorted(grads[source]) if _layer_of(key) == layer]
+        measured = np.concatenate([np.ravel(grads[target][key]) for key in keys])
+        reference = np.concatenate([np.ravel(grads[source][key]) for key in keys])
+        errors[layer] = relative_error(measured, reference)
+    return errors
+
+
+def compare_reassembly(backend, *, weighting="crop", seed=0, n_positions=40, patch_size=64):
+    """Reassemble identical patches with one backend and with `ptycholib.reassemble` (NumPy).
+
+    Returns
+    -------
+    dict of str to float
+        Relative errors of the object canvas (``obj``) and of the accumulated weights (``weights``);
+        compare with ``TOLERANCES["reassembly"]``.
+    """
+    import importlib
+
+    from . import reassemble
+
+    module = importlib.import_module(f"ptycholib.{backend}.reassemble")
+    to_numpy = get_backend(backend).physics.to_numpy
+    rng = np.random.default_rng(seed)
+    shape = (n_positions, patch_size, patch_size)
+    patches = (rng.uniform(0.2, 1.0, shape) * np.exp(1j * rng.uniform(-np.pi, np.pi, shape))).astype(np.complex64)
+    x_px = rng.uniform(patch_size / 2, patch_size / 2 + 60, n_positions)
+    y_px = rng.uniform(patch_size / 2, patch_size / 2 + 50, n_positions)
+    canvas = (int(y_px.max()) + patch_size, int(x_px.max()) + patch_size + 3)
+    probe = make_physics_inputs(_model_config(N=patch_size), seed=seed)["probe"]
+    options = {"crop_size": 20, "weighting": weighting, "probe": probe}
+    obj, weights = reassemble.reassemble_patches(patches, x_px, y_px, canvas, **options)
+    obj_b, weights_b = module.reassemble_patches(patches, x_px, y_px, canvas, **options)
+    return {"obj": relative_error(to_numpy(obj_b), obj), "weights": relative_error(to_numpy(weights_b), weights)}
+
+
+def _model_config(**fields):
+    from .config import ModelConfig
+
+    return ModelConfig(**fields)
+
+
+def standard_model_configs(*, smoke=False):
+    """The model configurations of the parity table: N in {64, 128}, gridsize in {1, 2}, three heads.
+
+    Heads are (pad_object, probe_big) = (True, True), (True, False), (False, False); width
+    ``n_filters_scale=1``. ``smoke=True`` returns two small ones.
+    """
+    if smoke:
+        return [_model_config(N=64, gridsize=2, n_filters_scale=1), _model_config(N=64, gridsize=1, n_filters_scale=1, pad_object=False)]
+    heads = [(True, True), (True, False), (False, False)]
+    return [
+        _model_config(N=size, gridsize=gridsize, n_filters_scale=1, pad_object=pad, probe_big=big)
+        for size in (64, 128)
+        for gridsize in (1, 2)
+        for pad, big in heads
+    ]
+
+
+def config_and_simulator_rows(*, seed=0):
+    """Rows for the two single-implementation stages: legacy-dict round trip and simulator repeat.
+
+    The config row counts the fields that differ after ``to_legacy_dict`` -> ``from_legacy_dict`` of
+    a config with non-default values; the simulator row is the largest difference between two
+    `ptycholib.simulate.simulate_train_test` runs with one seed (amplitudes, positions, objects).
+    """
+    from . import config, simulate
+
+    cfg = config.apply_overrides(
+        config.Config(),
+        {"gridsize": 2, "n_filters_scale": 1, "probe_big": False, "nepochs": 7, "mae_weight": 0.25,
+         "backend": "tensorflow", "crop_size": 16, "seed": seed},
+    )
+    back = config.from_legacy_dict(config.to_legacy_dict(cfg))
+    back = back[0] if isinstance(back, tuple) else back
+    drift = config.config_drift(cfg, back)
+    runs = [simulate.simulate_train_test(n_train=9, n_test=4, nphotons=1e6, seed=seed) for _ in range(2)]
+    difference = 0.0
+    for first, second in zip(*runs):
+        for name in ("amplitudes", "x_px", "y_px", "obj", "probe"):
+            a, b = getattr(first, name), getattr(second, name)
+            difference = max(difference, float(np.max(np.abs(np.asarray(a) - np.asarray(b)))))
+    return [
+        _row("config_roundtrip", "config -> legacy dict -> config (fields that differ)", len(drift)),
+        _row("simulator", f"simulate_train_test twice with seed={seed} (max difference)", difference),
+    ]
+
+
+def forward_model_rows(model_configs, *, seed=0, backends=None):
+    """One row per backend and configuration: physics steps vs the NumPy reference (largest step error)."""
+    rows = []
+    for backend in backends or _available_backends():
+        for cfg in model_configs:
+            errors = compare_forward_model(backend, cfg, seed=seed)
+            worst = max(errors, key=errors.get)
+            rows.append(_row("forward_model", f"{backend} vs NumPy, {_describe(cfg)} (worst: {worst})", errors[worst]))
+    return rows
+
+
+def network_rows(model_configs, *, seed=0):
+    """One row per configuration: tensorflow vs torch outputs with torch's initial weights."""
+    rows = []
+    for cfg in model_configs:
+        errors = compare_network(cfg, seed=seed)
+        roundtrip = errors.pop("weights_roundtrip")
+        worst = max(errors, key=errors.get)
+        detail = f"tensorflow vs torch, {_describe(cfg)} (worst: {worst}; weights round trip {roundtrip:g})"
+        rows.append(_row("network", detail, max(errors[worst], roundtrip)))
+    return rows
+
+
+def gradient_rows(model_configs, *, seed=0, training_config=None):
+    """One row per configuration: one training step's gradients, tensorflow vs torch (worst layer)."""
+    from .config import TrainingConfig
+
+    training_config = training_config or TrainingConfig(nll_weight=1.0, mae_weight=0.5)
+    rows = []
+    for cfg in model_configs:
+        errors = compare_gradients(cfg, training_config, seed=seed)
+        worst = max(errors, key=errors.get)
+        rows.append(_row("gradients", f"tensorflow vs torch, {_describe(cfg)} (worst: {worst})", errors[worst]))
+    return rows
+
+
+def reassembly_rows(*, seed=0, backends=None):
+    """One row per backend and weighting: backend reassembly vs `ptycholib.reassemble`."""
+    rows = []
+    for backend in backends or _available_backends():
+        for weighting in ("crop", "probe"):
+            errors = compare_reassembly(backend, weighting=weighting, seed=seed)
+            rows.append(_row("reassembly", f"{backend} vs NumPy, weighting={weighting}", max(errors.values())))
+    return rows
+
+
+@dataclass
+class TrainingComparison:
+    """Both backends trained from the same start on the same data (see `compare_training`).
+
+    Attributes
+    ----------
+    rows : list of Row
+        ``training_psnr_db`` and ``training_ssim`` rows (amplitude and phase).
+    histories : dict of str to list of dict
+        Backend -> per-epoch records.
+    scores : dict of str to dict
+        Backend -> `ptycholib.workflow.evaluate` scores on the test data.
+    reconstructions : dict of str to Reconstruction
+    summary : dict
+        JSON-ready numbers: each backend's SSIM, PSNR, phase RMSE and training seconds.
+    """
+
+    rows: list
+    histories: dict
+    scores: dict
+    reconstructions: dict
+    summary: dict = field(default_factory=dict)
+
+    def difference_maps(self, test_data=None):
+        """Return ``(images, titles)``: torch minus tensorflow amplitude and phase over the scanned region.
+
+        ``test_data`` is accepted for symmetry with the notebook call; the region comes from the
+        reconstructions.
+        """
+        first, second = (self.reconstructions[name] for name in ("torch", "tensorflow"))
+        region = first.region & second.region
+        amplitude = np.where(region, np.abs(first.obj) - np.abs(second.obj), 0.0)
+        phase = np.where(region, np.angle(first.obj * np.conj(second.obj)), 0.0)
+        return [amplitude, phase], ["amplitude: torch - tensorflow", "phase (rad): torch - tensorflow"]
+
+
+def compare_training(train_data, test_data, config, *, progress=False):
+    """Train both backends from the same initial weights on the same data and score both.
+
+    Parameters
+    ----------
+    train_data, test_data : ptycholib.data.PtychoData
+        ``test_data`` must hold its true object.
+    config : ptycholib.config.Config
+        Used for both; only ``training.backend`` is replaced. The batch order and validation split
+        come from `ptycholib.batching` in both trainers.
+    progress : bool
+
+    Returns
+    -------
+    TrainingComparison
+        Rows compare amplitude and phase PSNR (dB, target ``TOLERANCES["training_psnr_db"]``) and
+        SSIM (``TOLERANCES["training_ssim"]``) of the two reconstructions of ``test_data``.
+    """
+    from . import workflow
+
+    cfg = config
+    torch_backend = get_backend("torch")
+    intensity_scale = forward.initial_intensity_scale(train_data.amplitudes, train_data.probe, cfg.model.probe_scale)
+    start = torch_backend.network.build_model(cfg.model, train_data.probe, intensity_scale, seed=cfg.training.seed)
+    initial_weights = torch_backend.network.get_weights(start)
+    histories, scores, reconstructions, summary = {}, {}, {}, {}
+    for backend in ("torch", "tensorflow"):
+        run = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, backend=backend))
+        begin = time.perf_counter()
+        trained = workflow.train_model(train_data, run, initial_weights=initial_weights, progress=progress)
+        summary[f"{backend}_training_seconds"] = time.perf_counter() - begin
+        histories[backend] = trained.history
+        reconstructions[backend] = workflow.reconstruct(trained, test_data, backend=backend)
+        scores[backend] = workflow.evaluate(reconstructions[backend], test_data)
+        for key in ("amplitude_ssim", "amplitude_psnr", "phase_ssim", "phase_psnr", "phase_rmse"):
+            summary[f"{backend}_{key}"] = float(scores[backend][key])
+    rows = []
+    for part in ("amplitude", "phase"):
+        psnr = abs(scores["torch"][f"{part}_psnr"] - scores["tensorflow"][f"{part}_psnr"])
+        ssim = abs(scores["torch"][f"{part}_ssim"] - scores["tensorflow"][f"{part}_ssim"])
+        rows.append(_row("training_psnr_db", f"{part} PSNR |torch - tensorflow| (dB)", psnr))
+        rows.append(_row("training_ssim", f"{part} SSIM |torch - tensorflow|", ssim))
+    return TrainingComparison(rows=rows, histories=histories, scores=scores, reconstructions=reconstructions, summary=summary)

@@ -1,0 +1,358 @@
+"""PyTorch implementation of the physics forward model (SPEC section 4).
+
+Every function mirrors the NumPy reference in `ptycholib.forward` formula for formula and agrees with
+it to float32 precision (SPEC section 8); read that module for the conventions. Inputs may be NumPy
+arrays or tensors; outputs are tensors on the input's device (convert with `to_numpy`). Layout is
+channels-first, ``(..., N, N)`` on the last two axes; offsets and shifts carry their last axis as
+``(x, y)`` in pixels. All operations are differentiable with respect to the images, patches and probe.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import forward
+
+__all__ = [
+    "to_tensor",
+    "to_numpy",
+    "translate_bilinear",
+    "assemble_group_canvas",
+    "normalize_probe",
+    "illuminate",
+    "far_field_amplitude",
+    "poisson_nll",
+    "amplitude_mae",
+    "fft_amplitude_raw",
+]
+
+_NLL_EPS = 1e-8
+
+
+def to_tensor(array, device=None):
+    """Convert an array to a tensor in the library's precision.
+
+    Parameters
+    ----------
+    array : array_like or torch.Tensor
+        Real floats become float32, complex values complex64; integers and booleans keep their dtype.
+    device : torch.device or str, optional
+        Where the tensor goes; default: where it is (CPU for NumPy input).
+
+    Returns
+    -------
+    torch.Tensor
+    """
+    tensor = array if isinstance(array, torch.Tensor) else torch.as_tensor(np.asarray(array))
+    if tensor.is_complex() and tensor.dtype != torch.complex64:
+        tensor = tensor.to(torch.complex64)
+    elif tensor.is_floating_point() and tensor.dtype != torch.float32:
+        tensor = tensor.to(torch.float32)
+    return tensor if device is None else tensor.to(device)
+
+
+def _as_float64(values, device):
+    """Shifts and offsets stay float64 until split into whole and fractional pixels."""
+    if isinstance(values, torch.Tensor):
+        return values.to(device=device, dtype=torch.float64)
+    return torch.as_tensor(np.asarray(values, dtype=np.float64), device=device)
+
+
+def to_numpy(tensor):
+    """Return a tensor (or anything array-like) as a NumPy array, detached and on the CPU."""
+    if isinstance(tensor, torch.Tensor):
+        return tensor.detach().cpu().numpy()
+    return np.asarray(tensor)
+
+
+def _shift_axis(images, whole, fraction, dim):
+    """Apply ``out[k] = (1-f) in[k-i] + f in[k-i-1]`` (zeros outside) along dim 1 or 2 of (M, H, W).
+
+    ``whole`` (int64) and ``fraction`` (float32) have shape (M,). One gather of ``size + 1`` source
+    indices ``k - i`` for ``k = -1 .. size - 1`` serves both taps; the validity mask is folded into
+    the two tap weights, so the full-size arrays see one gather, two products and one sum.
+    """
+    size = images.shape[dim]
+    targets = torch.arange(-1, size, device=images.device)
+    source = targets[None, :] - whole[:, None]  # (M, size + 1)
+    valid = ((source >= 0) & (source < size)).to(images.dtype)
+    index = source.clamp(0, size - 1)
+    fraction = fraction[:, None].to(images.dtype)
+    weight_upper = (1 - fraction) * valid[:, 1:]  # multiplies in[k - i]
+    weight_lower = fraction * valid[:, :-1]  # multiplies in[k - i - 1]
+    if dim == 1:
+        taps = torch.gather(images, 1, index[:, :, None].expand(-1, -1, images.shape[2]))
+        return weight_upper[:, :, None] * taps[:, 1:, :] + weight_lower[:, :, None] * taps[:, :-1, :]
+    taps = torch.gather(images, 2, index[:, None, :].expand(-1, images.shape[1], -1))
+    return weight_upper[:, None, :] * taps[:, :, 1:] + weight_lower[:, None, :] * taps[:, :, :-1]
+
+
+def _translate_real(images, shifts):
+    """Translate real images ``(M, H, W)`` by shifts ``(M, 2)``; see `translate_bilinear`."""
+    whole = torch.floor(shifts)
+    fraction = (shifts - whole).to(torch.float32)
+    whole = whole.to(torch.int64)
+    rows_moved = _shift_axis(images, whole[:, 1], fraction[:, 1], dim=1)
+    return _shift_axis(rows_moved, whole[:, 0], fraction[:, 0], dim=2)
+
+
+def translate_bilinear(images, shifts):
+    """Translate images by sub-pixel shifts with bilinear weights, zeros outside.
+
+    Parameters
+    ----------
+    images : tensor or ndarray of shape (..., H, W), float32 or complex64
+        Images to move.
+    shifts : tensor or ndarray of shape (..., 2)
+        Shift ``(dx, dy)`` in pixels per image (broadcast against the leading axes of ``images``);
+        positive ``dx`` moves content towards higher column indices.
+
+    Returns
+    -------
+    torch.Tensor of shape (..., H, W), same dtype as ``images``
+        ``out[r, c] = in(r - dy, c - dx)`` read bilinearly; samples outside the input contribute 0.
+
+    Notes
+    -----
+    The explicit formula of `ptycholib.forward.translate_bilinear` (so an integer shift is a
+    zero-filled roll and a half-pixel shift the neighbour average), applied separably, rows then
+    columns, each as one gather; the four-tap formula factorises exactly into these two passes
+    because both its weights and its zero-outside mask are products of a row and a column factor.
+    Shifts are split into integer and fractional parts in float64. Not ``grid_sample``.
+
+    Examples
+    --------
+    >>> out = translate_bilinear(torch.eye(3), torch.tensor([1.0, 0.0]))
+    >>> out.int().tolist()
+    [[0, 1, 0], [0, 0, 1], [0, 0, 0]]
+    """
+    images = to_tensor(images)
+    shifts = _as_float64(shifts, images.device)
+    if images.ndim < 2:
+        raise ValueError(f"images must have at least 2 axes (..., H, W); got shape {tuple(images.shape)}.")
+    if shifts.ndim < 1 or shifts.shape[-1] != 2:
+        raise ValueError(f"shifts must have a last axis of length 2 (dx, dy); got shape {tuple(shifts.shape)}.")
+    height, width = images.shape[-2:]
+    batch_shape = torch.broadcast_shapes(images.shape[:-2], shifts.shape[:-1])
+    flat = images.expand(*batch_shape, height, width).reshape(-1, height, width)
+    flat_shifts = shifts.expand(*batch_shape, 2).reshape(-1, 2)
+    if flat.is_complex():
+        parts = torch.cat([flat.real, flat.imag])
+        moved = _translate_real(parts, torch.cat([flat_shifts, flat_shifts]))
+        real, imag = moved.chunk(2)
+        moved = torch.complex(real, imag)
+    else:
+        moved = _translate_real(flat, flat_shifts)
+    return moved.reshape(*batch_shape, height, width)
+
+
+def assemble_group_canvas(object_patches, offsets, weights):
+    """Merge each group's patches on a shared canvas and re-extract every member's view.
+
+    Parameters
+    ----------
+    object_patches : tensor or ndarray of shape (B, C, N, N), complex64
+        Predicted patches of each group, channels-first.
+    offsets : tensor or ndarray of shape (B, C, 2)
+        Position minus group mean, in pixels, last axis ``(x, y)``.
+    weights : tensor or ndarray of shape (N, N), float32
+        Window weight of one patch (`ptycholib.forward.window_weights`).
+
+    Returns
+    -------
+    torch.Tensor of shape (B, C, N, N), complex64
+        View of the merged group canvas at each member's position; groups never mix (SPEC 4.7).
+
+    Notes
+    -----
+    ``view_j = sum_i T(o_i - o_j)[w O_i] / sum_i T(o_i - o_j)[w]``, the denominator replaced by 1
+    where it is zero (as in `ptycholib.forward.assemble_group_canvas`). Each translation is the same
+    two-tap bilinear formula as `translate_bilinear`, written as ``T(d)[X] = R_y X R_x^T`` with
+    banded interpolation matrices, so that forward and backward are batched matrix products (no
+    per-pixel gathers or scatters): the column pass of patch ``i`` is one product for all members
+    ``j``, and the row pass of member ``j`` one product that also sums over the patches ``i``. On a
+    CPU core this is 2.5x (forward) and 3.5x (forward + backward) faster than translating all C²
+    pairs pixel by pixel. The weights are constants: no gradient flows into them.
+    """
+    object_patches = to_tensor(object_patches)
+    device = object_patches.device
+    offsets = _as_float64(offsets, device)
+    weights = to_tensor(weights, device=device)
+    if object_patches.ndim != 4 or not object_patches.is_complex():
+        raise ValueError(
+            f"object_patches must be complex with shape (B, C, N, N); got {object_patches.dtype} "
+            f"{tuple(object_patches.shape)}."
+        )
+    batch, channels, height, width = object_patches.shape
+    if tuple(offsets.shape) != (batch, channels, 2):
+        raise ValueError(
+            f"offsets must have shape ({batch}, {channels}, 2) with last axis (x, y); got {tuple(offsets.shape)}."
+        )
+    if tuple(weights.shape) != (height, width):
+        raise ValueError(f"weights must have shape ({height}, {width}); got {tuple(weights.shape)}.")
+    relative = offsets[:, None, :, :] - offsets[:, :, None, :]  # (B, j, i, 2): o_i - o_j
+    # columns_t[b, i, k', j*W + k] = R_x(o_i - o_j)[k, k']: one product per patch serves all members j.
+    columns_t = _toeplitz_blocks(_bilinear_taps(relative[..., 0].transpose(1, 2), width).flip(-1), width)
+    # rows[b, j, k, i*H + k'] = R_y(o_i - o_j)[k, k']: one product per member sums over the patches i.
+    rows = _toeplitz_blocks(_bilinear_taps(relative[..., 1], height), height)
+    parts = torch.stack([object_patches.real * weights, object_patches.imag * weights], dim=2)
+    moved = parts.reshape(batch, channels, 2 * height, width) @ columns_t  # (B, i, [part, r], [j, c])
+    moved = moved.reshape(batch, channels, 2, height, channels, width).permute(0, 4, 1, 3, 2, 5)
+    summed = rows @ moved.reshape(batch, channels, channels * height, 2 * width)  # (B, j, H, [part, c])
+    with torch.no_grad():  # the window weights are constants
+        coverage = (weights @ columns_t).reshape(batch, channels, height, channels, width).permute(0, 3, 1, 2, 4)
+        denominator = rows @ coverage.reshape(batch, channels, channels * height, width)
+        denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return torch.complex(summed[..., :width] / denominator, summed[..., width:] / denominator)
+
+
+def _bilinear_taps(shifts, size):
+    """Return ``V`` of shape ``shifts.shape + (2 size + 1,)``: the two taps of each shift by distance.
+
+    ``V[d + size]`` weighs ``in[k - d]`` in ``out[k]``: ``1 - f`` at ``d = i`` and ``f`` at
+    ``d = i + 1`` (``i = floor(shift)``, ``f = shift - i``, split in float64). Distances beyond the
+    image are parked in the end slots ``0`` and ``2 size``, which no output reads: zeros outside.
+    """
+    whole = torch.floor(shifts)
+    fraction = (shifts - whole).to(torch.float32)[..., None]
+    whole = whole.to(torch.int64)[..., None]
+    taps = torch.zeros(shifts.shape + (2 * size + 1,), device=shifts.device)
+    taps.scatter_(-1, whole.clamp(-size, size) + size, 1 - fraction)
+    return taps.scatter_add_(-1, (whole + 1).clamp(-size, size) + size, fraction)
+
+
+def _toeplitz_blocks(taps, size):
+    """Turn taps ``(B, A, M, 2n+1)`` into ``T (B, A, n, M n)`` with ``T[..., r, m n + c] = taps[..., m, r - c + n]``.
+
+    Each block is the (Toeplitz) interpolation matrix of one shift: with ``taps`` from
+    `_bilinear_taps`, block ``m`` is ``R`` with ``(R @ v)[k] = (1-f) v[k-i] + f v[k-i-1]``; with
+    reversed taps it is ``R^T``. One gather builds all blocks side by side.
+    """
+    batch, a, m, length = taps.shape
+    steps = torch.arange(size, device=taps.device)
+    distance = (steps[:, None] - steps[None, :] + size)[:, None, :].expand(size, m, size)  # (r, m, c)
+    source = taps[:, :, None].expand(batch, a, size, m, length)
+    return torch.gather(source, -1, distance.expand(batch, a, size, m, size)).reshape(batch, a, size, m * size)
+
+
+def _disk(size, device):
+    return torch.as_tensor(forward.disk_mask(size), device=device)
+
+
+def normalize_probe(probe, probe_scale):
+    """Scale a probe so that its mean modulus inside the disk of radius N/4 is ``1 / probe_scale``.
+
+    Parameters
+    ----------
+    probe : tensor or ndarray of shape (..., N, N), complex64
+    probe_scale : float
+
+    Returns
+    -------
+    torch.Tensor of shape (..., N, N), complex64
+
+    Notes
+    -----
+    ``P_hat = P / (probe_scale * mean(|P| inside the disk of radius N/4))`` (SPEC 4.5).
+    """
+    probe = to_tensor(probe).to(torch.complex64)
+    mask = _disk(probe.shape[-1], probe.device)
+    modulus_sum = (probe.abs() * mask).sum(dim=(-2, -1), keepdim=True)
+    return probe / (float(probe_scale) * modulus_sum / mask.sum())
+
+
+def _smooth_gaussian(images, sigma):
+    """Blur the last two axes with `ptycholib.forward.gaussian_kernel_1d`, zero padding, same size."""
+    kernel = forward.gaussian_kernel_1d(sigma).astype(np.float32).tolist()
+    radius = len(kernel) // 2
+    height, width = images.shape[-2:]
+    padded = torch.nn.functional.pad(images, (radius, radius, radius, radius))
+    rows = sum(kernel[k] * padded[..., k : k + height, :] for k in range(len(kernel)))
+    return sum(kernel[k] * rows[..., :, k : k + width] for k in range(len(kernel)))
+
+
+def illuminate(object_patches, probe, *, probe_scale, probe_mask=False, gaussian_smoothing_sigma=0.0):
+    """Return the exit wave ``psi = P_hat * O`` (optionally masked and smoothed).
+
+    Parameters
+    ----------
+    object_patches : tensor or ndarray of shape (..., N, N), complex64
+    probe : tensor or ndarray of shape (N, N), complex64
+        Probe on the object pixel grid, before normalisation.
+    probe_scale : float
+        Divisor of the probe normalisation (SPEC 4.5).
+    probe_mask : bool
+        Multiply the normalised probe by the disk of radius N/4.
+    gaussian_smoothing_sigma : float
+        Blur the exit wave with this Gaussian (pixels); 0 disables it.
+
+    Returns
+    -------
+    torch.Tensor of shape (..., N, N), complex64
+    """
+    object_patches = to_tensor(object_patches).to(torch.complex64)
+    probe_hat = normalize_probe(to_tensor(probe, device=object_patches.device), probe_scale)
+    if probe_mask:
+        probe_hat = probe_hat * _disk(probe_hat.shape[-1], probe_hat.device)
+    exit_wave = object_patches * probe_hat
+    if gaussian_smoothing_sigma > 0:
+        exit_wave = _smooth_gaussian(exit_wave, gaussian_smoothing_sigma)
+    return exit_wave
+
+
+def far_field_amplitude(exit_wave, intensity_scale=1.0):
+    """Return the predicted diffraction amplitude ``s * |fftshift(fft2(psi))| / N``, float32.
+
+    Parameters
+    ----------
+    exit_wave : tensor or ndarray of shape (..., N, N), complex64
+    intensity_scale : float or scalar tensor
+        SPEC's ``s`` (may be a trainable ``exp(log s)``).
+
+    Returns
+    -------
+    torch.Tensor of shape (..., N, N), float32
+        DC at index ``N // 2`` (fftshifted). The gradient of ``|z|`` at ``z = 0`` is 0.
+    """
+    exit_wave = to_tensor(exit_wave).to(torch.complex64)
+    size = exit_wave.shape[-1]
+    spectrum = torch.fft.fftshift(torch.fft.fft2(exit_wave), dim=(-2, -1))
+    return spectrum.abs() * (intensity_scale / size)
+
+
+def poisson_nll(predicted, measured):
+    """Poisson negative log-likelihood in count units, ``mean(a_hat^2 - a^2 log(a_hat^2 + 1e-8))``.
+
+    Parameters
+    ----------
+    predicted, measured : tensor or ndarray of the same shape, float32
+        Predicted and measured diffraction amplitudes (square roots of counts).
+
+    Returns
+    -------
+    torch.Tensor, scalar float32
+    """
+    predicted_intensity = to_tensor(predicted).square()
+    measured_intensity = to_tensor(measured, device=predicted_intensity.device).square()
+    return torch.mean(predicted_intensity - measured_intensity * torch.log(predicted_intensity + _NLL_EPS))
+
+
+def amplitude_mae(predicted, measured):
+    """Mean absolute error between predicted and measured amplitudes (scalar float32 tensor)."""
+    predicted = to_tensor(predicted)
+    return torch.mean(torch.abs(predicted - to_tensor(measured, device=predicted.device)))
+
+
+def fft_amplitude_raw(batch):
+    """Return ``|fft2(batch)|`` over the last two axes, nothing else (the benchmarks' FFT baseline).
+
+    Parameters
+    ----------
+    batch : tensor or ndarray of shape (..., N, N), complex64
+
+    Returns
+    -------
+    torch.Tensor of shape (..., N, N), float32
+    """
+    return torch.fft.fft2(to_tensor(batch).to(torch.complex64)).abs()

@@ -1,0 +1,547 @@
+"""Training and batched prediction with Lightning (SPEC sections 4.6 and Q7).
+
+`train` wraps the physics-informed model in a LightningModule and runs the multi-stage schedule of
+`ptycholib.config.epoch_plan` with Adam: at the start of every epoch the learning rate, the physics
+weight and the trainable parts (encoder, probe) of that epoch are applied. The loss of an epoch with
+physics weight ``p`` is ``p * (nll_weight * NLL + mae_weight * MAE) + (1 - p) * MAE`` on diffraction
+amplitudes (``model_type='pinn'``), or ``mean|A - |Y|| + mean|phi - angle(Y)|`` against ground-truth
+patches (``model_type='supervised'``), exactly as in ``ptycholib.tensorflow.training``.
+
+Speed: the groups stay in memory as tensors and a batch is one ``index_select`` (no per-sample
+collation, no worker processes); epoch losses are accumulated on the device and read once per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import warnings
+
+import lightning as L
+import numpy as np
+import torch
+
+from .. import batching
+from .. import config as _config
+from . import network, physics
+
+__all__ = ["train", "predict_patches", "loss_gradients"]
+
+_PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed"}
+
+
+# --------------------------------------------------------------------------------------------------
+# losses
+
+
+def _pinn_loss(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight):
+    _, predicted = model(x, offsets)
+    mae = physics.amplitude_mae(predicted, amplitudes)
+    nll = physics.poisson_nll(predicted, amplitudes)
+    return physics_weight * (nll_weight * nll + mae_weight * mae) + (1.0 - physics_weight) * mae
+
+
+def _supervised_loss(net, x, target_amplitude, target_phase):
+    amplitude, phase = net(x)
+    amplitude, phase = amplitude.float(), phase.float()
+    return torch.mean(torch.abs(amplitude - target_amplitude)) + torch.mean(torch.abs(phase - target_phase))
+
+
+# --------------------------------------------------------------------------------------------------
+# data: whole groups in memory, one index_select per batch
+
+
+class _Groups(torch.utils.data.Dataset):
+    """Tensors indexed by a 1-D index tensor: ``groups[indices]`` is one batch (a dict of tensors)."""
+
+    def __init__(self, tensors):
+        self.tensors = tensors
+
+    def __len__(self):
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, indices):
+        return {name: tensor.index_select(0, indices) for name, tensor in self.tensors.items()}
+
+
+class _BatchSampler(torch.utils.data.Sampler):
+    """Yield index tensors of one rank's batches, in `ptycholib.batching.epoch_order` (via ``set_epoch``).
+
+    ``batch_size`` is global: with ``world`` processes each takes ``ceil(batch_size / world)``
+    groups per step from its shard (every rank gets the same number of batches; the permutation is
+    padded by wrapping around, as torch's DistributedSampler does), so a config means the same
+    optimisation on one device or several, as TensorFlow's MirroredStrategy does.
+    """
+
+    def __init__(self, indices, batch_size, *, shuffle, seed, rank=0, world=1):
+        super().__init__()
+        self.indices = torch.as_tensor(indices, dtype=torch.int64)
+        self.batch_size = max(1, math.ceil(batch_size / world))
+        self.shuffle, self.seed, self.rank, self.world = shuffle, seed, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def _per_rank(self):
+        return math.ceil(len(self.indices) / self.world)
+
+    def __len__(self):
+        return math.ceil(self._per_rank() / self.batch_size)
+
+    def __iter__(self):
+        order = self.indices
+        if self.shuffle:  # the same order as the TensorFlow backend's
+            order = order[torch.as_tensor(batching.epoch_order(len(order), self.seed, self.epoch))]
+        total = self._per_rank() * self.world
+        order = torch.cat([order, order[: total - len(order)]]) if total > len(order) else order
+        mine = order[self.rank :: self.world]
+        return iter(mine.split(self.batch_size))
+
+
+def _as_array(name, value, shape, dtype):
+    array = np.asarray(physics.to_numpy(value))
+    if array.shape != shape:
+        raise ValueError(f"{name} has shape {array.shape}; expected {shape} (channels-first, see docs/architecture.md).")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or Inf values; clean the data before training.")
+    return array.astype(dtype, copy=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Lightning
+
+
+class _Module(L.LightningModule):
+    """The physics-informed model, its loss and the per-epoch schedule."""
+
+    def __init__(self, model, plan, training_config, groups, train_idx, val_idx, *, supervised):
+        super().__init__()
+        self.model = model
+        self.plan = plan
+        self.training_config = training_config
+        self.supervised = supervised
+        self.groups = groups
+        self.train_idx, self.val_idx = train_idx, val_idx
+        self.physics_weight = plan[0].physics_weight
+        self._frozen = []
+        self._sums = {}
+
+    # schedule -------------------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.Adam(trainable, lr=self.plan[0].learning_rate)
+
+    def on_train_epoch_start(self):
+        entry = self.plan[self.current_epoch]
+        for group in self.optimizers().optimizer.param_groups:
+            group["lr"] = entry.learning_rate
+        self.physics_weight = entry.physics_weight
+        frozen = list(self.model.net.encoder.parameters()) if entry.freeze_encoder else []
+        if not entry.probe_trainable:
+            frozen.append(self.model.physics.probe)
+        self._frozen = [p for p in frozen if p.requires_grad]
+
+    def on_before_optimizer_step(self, optimizer):
+        # Frozen this epoch: no gradient means Adam leaves the parameter and its moments alone. The
+        # parameters keep requires_grad, so DDP's gradient buckets stay the same across stages.
+        for parameter in self._frozen:
+            parameter.grad = None
+
+    # steps ----------------------------------------------------------------------------------------
+
+    def _loss(self, batch):
+        if self.supervised:
+            return _supervised_loss(self.model.net, batch["inputs"], batch["amplitude"], batch["phase"])
+        return _pinn_loss(
+            self.model,
+            batch["inputs"],
+            batch["offsets"],
+            batch["amplitudes"],
+            self.physics_weight,
+            self.training_config.nll_weight,
+            self.training_config.mae_weight,
+        )
+
+    def _accumulate(self, key, loss, batch):
+        count = batch["inputs"].shape[0]
+        total, n = self._sums.get(key, (0.0, 0))
+        self._sums[key] = (total + loss.detach().float() * count, n + count)
+
+    def _epoch_mean(self, key):
+        total, n = self._sums.pop(key, (torch.zeros((), device=self.device), 0))
+        values = torch.stack([torch.as_tensor(total, device=self.device, dtype=torch.float32).reshape(()),
+                              torch.tensor(float(n), device=self.device)])
+        values = self.trainer.strategy.reduce(values, reduce_op="sum")
+        return float(values[0] / values[1]) if float(values[1]) > 0 else math.nan
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(batch)
+        self._accumulate("loss", loss, batch)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self._accumulate("val_loss", self._loss(batch), batch)
+
+    def on_validation_epoch_end(self):
+        self.val_loss = self._epoch_mean("val_loss")
+        self.log("val_loss", self.val_loss, prog_bar=True, logger=False, sync_dist=False)
+
+    def finish_train_epoch(self):
+        """Return the epoch's mean training loss over all ranks (called by `_History`)."""
+        loss = self._epoch_mean("loss")
+        self.log("loss", loss, prog_bar=True, logger=False, sync_dist=False)
+        return loss
+
+    # data -----------------------------------------------------------------------------------------
+
+    def _loader(self, indices, shuffle):
+        sampler = _BatchSampler(
+            indices,
+            self.training_config.batch_size,
+            shuffle=shuffle,
+            seed=self.training_config.seed,
+            rank=self.global_rank,
+            world=self.trainer.world_size,
+        )
+        return torch.utils.data.DataLoader(self.groups, batch_size=None, sampler=sampler, num_workers=0)
+
+    def train_dataloader(self):
+        return self._loader(self.train_idx, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_idx, shuffle=False) if len(self.val_idx) else []
+
+
+class _History(L.Callback):
+    """Build each epoch's record from what training actually used; log it and hand it on."""
+
+    def __init__(self, records, callback):
+        self.records, self.callback = records, callback
+
+    def on_train_epoch_end(self, trainer, module):
+        entry = module.plan[trainer.current_epoch]
+        optimizer = trainer.optimizers[0]
+        record = {
+            "epoch": entry.epoch,
+            "stage": entry.stage,
+            "learning_rate": float(optimizer.param_groups[0]["lr"]),
+            "physics_weight": float(module.physics_weight),
+            "loss": module.finish_train_epoch(),
+            "val_loss": getattr(module, "val_loss", math.nan) if len(module.val_idx) else math.nan,
+        }
+        self.records.append(record)
+        for logger in trainer.loggers:
+            logger.log_metrics(record, step=entry.epoch)
+            logger.save()
+        if self.callback is not None and trainer.is_global_zero:
+            self.callback(dict(record))
+
+
+def _loggers(training_config, log_dir, model_config):
+    """CSV log in ``log_dir`` (unless ``logger='none'``), plus MLflow when ``logger='mlflow'``."""
+    loggers = []
+    if training_config.logger != "none" and log_dir is not None:
+        # One row per epoch in DIR/metrics.csv (the same file as the TensorFlow backend's).
+        loggers.append(L.pytorch.loggers.CSVLogger(save_dir=log_dir, name="", version=""))
+    if training_config.logger == "mlflow":
+        try:
+            import mlflow  # noqa: F401
+        except ImportError as error:
+            raise ValueError(
+                "logger='mlflow' needs MLflow, which is not installed; `pip install ptycholib[mlflow]` or set "
+                "logger='csv'."
+            ) from error
+        tracking = os.environ.get("MLFLOW_TRACKING_URI")
+        if tracking is None:
+            # MLflow 3 keeps the plain-file store only on request; it needs no database package.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            tracking = f"file:{os.path.abspath(os.path.join(log_dir or '.', 'mlruns'))}"
+        loggers.append(L.pytorch.loggers.MLFlowLogger(experiment_name="ptycholib", tracking_uri=tracking))
+    hyperparameters = {f"model.{k}": v for k, v in dataclasses.asdict(model_config).items()}
+    hyperparameters.update({f"training.{k}": v for k, v in dataclasses.asdict(training_config).items()})
+    hyperparameters = {k: str(v) if isinstance(v, (tuple, list)) else v for k, v in hyperparameters.items()}
+    for logger in loggers:
+        logger.log_hyperparams(hyperparameters)
+    return loggers
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Hide Lightning's start-up banners (GPU/TPU availability) and its worker-count advice."""
+    names = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric")
+    saved = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*number of training batches.*smaller than the logging interval.*")
+            warnings.filterwarnings("ignore", message=".*logs directory .* exists and is not empty.*")
+            # Epoch losses are reduced over ranks before they are logged.
+            warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
+            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+            warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _configure_trainable(model, plan, training_config, supervised):
+    """Parameters that train in some epoch keep requires_grad=True throughout; the rest are off."""
+    model.physics.probe.requires_grad_(not supervised and any(entry.probe_trainable for entry in plan))
+    model.physics.log_intensity_scale.requires_grad_(not supervised and training_config.intensity_scale_trainable)
+    for parameter in model.net.parameters():
+        parameter.requires_grad_(True)
+
+
+# --------------------------------------------------------------------------------------------------
+# public
+
+
+def train(
+    model,
+    inputs,
+    offsets,
+    amplitudes,
+    training_config,
+    *,
+    target_patches=None,
+    validation_fraction=None,
+    log_dir=None,
+    progress=True,
+    callback=None,
+):
+    """Train a model in place with Lightning and the configured multi-stage schedule.
+
+    Parameters
+    ----------
+    model : PhysicsModel
+        From `ptycholib.torch.network.build_model`; its weights are updated in place.
+    inputs : ndarray or tensor of shape (B, C, N, N), float32
+        Normalised amplitudes ``x = g * a`` of the training groups.
+    offsets : ndarray or tensor of shape (B, C, 2)
+        Position minus group mean in pixels, last axis ``(x, y)``.
+    amplitudes : ndarray or tensor of shape (B, C, N, N), float32
+        Measured amplitudes ``a`` (square roots of counts) that the loss compares against.
+    training_config : ptycholib.config.TrainingConfig
+        Uses ``batch_size`` (global, over all devices), ``learning_rate``, ``nll_weight``,
+        ``mae_weight``, the stages and physics-weight schedule (`ptycholib.config.epoch_plan`),
+        ``probe_trainable``, ``intensity_scale_trainable``, ``seed`` (shuffling and validation split),
+        ``early_stopping_patience`` (on the validation loss), ``logger``, and ``accelerator`` /
+        ``devices`` / ``strategy`` (Lightning names; ``strategy='ddp'`` with several devices runs one
+        process per device, CPU included; the spawning strategies are refused because they lose the
+        history). An optional ``precision`` attribute (``"32"`` default, or ``"bf16-mixed"``: the
+        network in bfloat16 autocast, physics and weights in float32) is honoured when present.
+    target_patches : ndarray of shape (B, C, N, N), complex64, optional
+        Ground-truth patches; required (and only used) when ``model_type='supervised'``.
+    validation_fraction : float, optional
+        Fraction of groups held out (`ptycholib.batching.split_validation`, seeded); default
+        ``training_config.validation_fraction``. Batches follow `ptycholib.batching.epoch_order`, as in
+        the TensorFlow backend.
+    log_dir : str or path-like, optional
+        Folder for ``metrics.csv`` (one row per epoch: epoch, stage, learning_rate, physics_weight,
+        loss, val_loss) and ``hparams.yaml`` (unless ``logger='none'``), ``mlruns/`` with
+        ``logger='mlflow'`` (unless ``MLFLOW_TRACKING_URI`` is set), and Lightning checkpoints in
+        ``checkpoints/`` (``last.ckpt`` and the best validation loss). None: no files (MLflow then
+        logs to ``MLFLOW_TRACKING_URI`` or ``./mlruns``).
+    progress : bool
+        Show Lightning's progress bar.
+    callback : callable, optional
+        Called after every epoch with that epoch's record (a dict, see Returns); rank 0 only.
+
+    Returns
+    -------
+    list of dict
+        One per epoch run: ``epoch, stage, learning_rate, physics_weight, loss, val_loss``
+        (``val_loss`` is NaN without validation groups), with the learning rate and physics weight
+        that the epoch actually used. Shorter than ``nepochs`` only after early stopping.
+    """
+    if not isinstance(model, network.PhysicsModel):
+        raise TypeError(f"train needs the model from build_model; got {type(model).__name__}.")
+    cfg = model.model_config
+    channels, size = cfg.gridsize**2, cfg.N
+    inputs = _as_array("inputs", inputs, (len(inputs), channels, size, size), np.float32)
+    n_groups = len(inputs)
+    offsets = _as_array("offsets", offsets, (n_groups, channels, 2), np.float32)
+    supervised = cfg.model_type == "supervised"
+    groups = {"inputs": inputs, "offsets": offsets}
+    if supervised:
+        if target_patches is None:
+            raise ValueError("model_type='supervised' needs target_patches (ground-truth patches, (B, C, N, N) complex).")
+        target_patches = _as_array("target_patches", target_patches, inputs.shape, np.complex64)
+        groups.update(amplitude=np.abs(target_patches), phase=np.angle(target_patches))
+    else:
+        amplitudes = _as_array("amplitudes", amplitudes, inputs.shape, np.float32)
+        if np.any(amplitudes < 0):
+            raise ValueError("amplitudes has negative values; pass sqrt(counts) (amplitudes are >= 0).")
+        groups["amplitudes"] = amplitudes
+    plan = _config.epoch_plan(training_config)
+    fraction = training_config.validation_fraction if validation_fraction is None else validation_fraction
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation_fraction={fraction!r} must be in [0, 1).")
+    train_idx, val_idx = batching.split_validation(n_groups, fraction, training_config.seed)
+    precision = str(getattr(training_config, "precision", "32"))
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not supported; allowed values: '32', 'bf16-mixed'.")
+
+    _configure_trainable(model, plan, training_config, supervised)
+    tensors = {name: torch.as_tensor(np.ascontiguousarray(value, dtype=np.float32)) for name, value in groups.items()}
+    module = _Module(model, plan, training_config, _Groups(tensors), train_idx, val_idx, supervised=supervised)
+    records = []
+    callbacks = [_History(records, callback)]
+    if training_config.early_stopping_patience is not None and len(val_idx):
+        callbacks.append(
+            L.pytorch.callbacks.EarlyStopping(monitor="val_loss", patience=training_config.early_stopping_patience, mode="min")
+        )
+    if log_dir is not None:
+        os.makedirs(log_dir, exist_ok=True)
+        callbacks.append(
+            L.pytorch.callbacks.ModelCheckpoint(
+                dirpath=os.path.join(log_dir, "checkpoints"),
+                monitor="val_loss" if len(val_idx) else None,
+                save_last=True,
+            )
+        )
+    with _quiet_lightning():
+        trainer = L.Trainer(
+            accelerator=training_config.accelerator,
+            devices=training_config.devices,
+            strategy=training_config.strategy,
+            precision=_PRECISIONS[precision],
+            max_epochs=len(plan),
+            logger=_loggers(training_config, log_dir, cfg),
+            callbacks=callbacks,
+            enable_checkpointing=log_dir is not None,
+            enable_progress_bar=bool(progress),
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=1.0 if len(val_idx) else 0,
+            use_distributed_sampler=False,
+            default_root_dir=log_dir,
+        )
+        if getattr(trainer.strategy, "_start_method", "popen") != "popen":
+            raise ValueError(
+                f"strategy={training_config.strategy!r} with devices={training_config.devices} would train in spawned "
+                "or forked processes, whose history cannot be returned; use strategy='ddp' from a script or "
+                "`python -m ptycholib train` (one process per device, CPU included)."
+            )
+        trainer.fit(module)
+    return records
+
+
+def predict_patches(model, inputs, offsets, *, batch_size, progress=False):
+    """Predict the object patches of many groups in batches.
+
+    Parameters
+    ----------
+    model : PhysicsModel
+    inputs : ndarray or tensor of shape (B, C, N, N), float32
+        Normalised amplitudes ``x = g * a``.
+    offsets : ndarray or tensor of shape (B, C, 2)
+        Position minus group mean in pixels, last axis ``(x, y)``.
+    batch_size : int
+        Groups per forward pass.
+    progress : bool
+        Show a progress bar over the batches.
+
+    Returns
+    -------
+    ndarray of shape (B, C, N, N), complex64
+        The patches the physics model illuminates: group-canvas views (``object_big`` and C > 1),
+        otherwise the network's patches (``forward_model(...)[0]``). Groups never mix (SPEC 4.7).
+    """
+    if not isinstance(model, network.PhysicsModel):
+        raise TypeError(f"predict_patches needs the model from build_model; got {type(model).__name__}.")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
+    cfg = model.model_config
+    channels, size = cfg.gridsize**2, cfg.N
+    inputs = _as_array("inputs", inputs, (len(inputs), channels, size, size), np.float32)
+    offsets = _as_array("offsets", offsets, (len(inputs), channels, 2), np.float64)
+    device = next(model.parameters()).device
+    out = np.empty(inputs.shape, dtype=np.complex64)
+    starts = range(0, len(inputs), int(batch_size))
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="predict", unit="batch")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in starts:
+                stop = start + int(batch_size)
+                x = torch.as_tensor(inputs[start:stop], device=device)
+                patches = network.predict_object(model, x)
+                patches = model.illuminated_patches(patches, torch.as_tensor(offsets[start:stop], device=device))
+                out[start:stop] = patches.cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def loss_gradients(model, inputs, offsets, amplitudes, training_config, *, physics_weight=1.0, target_patches=None):
+    """Return the gradient of one batch's training loss with respect to every canonical weight.
+
+    Parameters
+    ----------
+    model : PhysicsModel
+    inputs, offsets, amplitudes : ndarray
+        One batch, shapes as in `train`.
+    training_config : ptycholib.config.TrainingConfig
+        ``nll_weight`` and ``mae_weight`` of the loss.
+    physics_weight : float
+        The schedule's ``p`` for this step.
+    target_patches : ndarray, optional
+        Ground truth for ``model_type='supervised'``.
+
+    Returns
+    -------
+    dict of str to ndarray
+        Keys and layouts of `ptycholib.torch.network.get_weights`; ``physics.probe`` is
+        ``dL/dRe + i dL/dIm`` (torch's convention for complex parameters). Frozen parts included
+        (zero where the loss does not depend on them). Used by the parity tests (SPEC section 8).
+    """
+    parameters = network._canonical_parameters(model)
+    saved = {name: p.requires_grad for name, p in parameters.items()}
+    device = next(model.parameters()).device
+    try:
+        for parameter in parameters.values():
+            parameter.requires_grad_(True)
+        x = physics.to_tensor(inputs, device=device)
+        if model.model_config.model_type == "supervised":
+            target_patches = np.asarray(physics.to_numpy(target_patches))
+            loss = _supervised_loss(
+                model.net,
+                x,
+                torch.as_tensor(np.abs(target_patches), dtype=torch.float32, device=device),
+                torch.as_tensor(np.angle(target_patches), dtype=torch.float32, device=device),
+            )
+        else:
+            loss = _pinn_loss(
+                model,
+                x,
+                physics.to_tensor(offsets, device=device),
+                physics.to_tensor(amplitudes, device=device),
+                float(physics_weight),
+                float(training_config.nll_weight),
+                float(training_config.mae_weight),
+            )
+        grads = torch.autograd.grad(loss, list(parameters.values()), allow_unused=True)
+    finally:
+        for name, parameter in parameters.items():
+            parameter.requires_grad_(saved[name])
+    out = {}
+    for (name, parameter), grad in zip(parameters.items(), grads):
+        grad = torch.zeros_like(parameter) if grad is None else grad.detach()
+        if name == "physics.probe":
+            out[name] = torch.view_as_complex(grad.cpu().contiguous()).numpy().astype(np.complex64)
+        else:
+            out[name] = np.array(grad.cpu().numpy(), dtype=np.float32, order="C")
+    return out
