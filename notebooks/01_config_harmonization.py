@@ -36,7 +36,7 @@
 # %% tags=["parameters"]
 smoke: bool = False  # tiny sizes; runs in seconds (used by tests)
 fig_dir: str = "../figures"  # where figures and the metrics file go
-nepochs: int = 50  # an example override, applied in section 3
+nepochs: int = 50  # an example override, applied in section 3 (>= 2: two stages)
 gridsize: int = 2  # another example override
 
 # %%
@@ -90,7 +90,8 @@ for bad in (["model.N=100"], ["gridsize=2", "neighbor_count=3"], ["nll_weight=0"
 
 # %%
 cfg = config.apply_overrides(config.Config(), {"nepochs": nepochs, "gridsize": gridsize})
-cfg = config.apply_overrides(cfg, ["nphotons=1e6", "stages=[{epochs: 10}, {epochs: 40, learning_rate_factor: 0.1}]"])
+warmup = max(1, nepochs // 5)
+cfg = config.apply_overrides(cfg, ["nphotons=1e6", f"stages=[{{epochs: {warmup}}}, {{epochs: {nepochs - warmup}, learning_rate_factor: 0.1}}]"])
 with tempfile.TemporaryDirectory() as tmp:
     for suffix in (".json", ".yaml"):
         path = Path(tmp) / f"run{suffix}"
@@ -104,7 +105,7 @@ print(json.dumps(config.config_to_dict(cfg)["training"], indent=1)[:400], "...")
 
 # %%
 plan = config.epoch_plan(cfg.training)
-print([(p.epoch, p.stage, p.learning_rate) for p in plan[8:12]])
+print([(p.epoch, p.stage, p.learning_rate) for p in plan[max(0, warmup - 2) : warmup + 2]])
 
 # %% [markdown]
 # ## 4. PtychoPINN's legacy dict

@@ -552,3 +552,177 @@ def compare_training(train_data, test_data, config, *, progress=False):
         rows.append(_row("training_psnr_db", f"{part} PSNR |torch - tensorflow| (dB)", psnr))
         rows.append(_row("training_ssim", f"{part} SSIM |torch - tensorflow|", ssim))
     return TrainingComparison(rows=rows, histories=histories, scores=scores, reconstructions=reconstructions, summary=summary)
+
+
+@dataclass(frozen=True)
+class ParityRow:
+    """One measured stage of the parity table (notebook 05, the report)."""
+
+    stage: str
+    detail: str
+    measured: float
+    target: float
+
+    @property
+    def passed(self):
+        return bool(np.isfinite(self.measured) and self.measured <= self.target)
+
+    def as_dict(self):
+        return {"stage": self.stage, "detail": self.detail, "measured": self.measured, "target": self.target,
+                "passed": self.passed}
+
+
+def standard_model_configs(*, smoke=False):
+    """Model configurations the parity study covers: N 64 and 128, gridsize 1 and 2, pad_object/probe_big on and off."""
+    from .config import ModelConfig
+
+    configs = [ModelConfig(N=64, gridsize=2, n_filters_scale=1), ModelConfig(N=64, gridsize=1, n_filters_scale=1)]
+    if not smoke:
+        configs += [
+            ModelConfig(N=64, gridsize=2, n_filters_scale=1, pad_object=False),
+            ModelConfig(N=64, gridsize=2, n_filters_scale=1, probe_big=False),
+            ModelConfig(N=128, gridsize=2, n_filters_scale=1),
+        ]
+    return configs
+
+
+def _describe(model_config):
+    flags = [name for name in ("pad_object", "probe_big") if getattr(model_config, name)]
+    return f"N={model_config.N}, gridsize {model_config.gridsize}, {' + '.join(flags) or 'plain'}"
+
+
+def config_and_simulator_rows(*, seed=0):
+    """Config -> legacy dict -> config (exact) and the simulator run twice with one seed (bit-identical)."""
+    from . import simulate
+    from .config import Config, apply_overrides, config_drift, from_legacy_dict, to_legacy_dict
+
+    cfg = apply_overrides(Config(), {"gridsize": 2, "backend": "tensorflow", "stages": [{"epochs": 50}]})
+    back, _ = from_legacy_dict(to_legacy_dict(cfg))
+    runs = [simulate.simulate_train_test(n_train=16, n_test=4, step_px=4, seed=seed)[0] for _ in range(2)]
+    return [
+        ParityRow("config", "Config -> legacy dict -> Config: fields that differ", float(len(config_drift(cfg, back))),
+                  TOLERANCES["config_roundtrip"]),
+        ParityRow("simulator", "same seed twice: max |difference| of the amplitudes",
+                  float(np.max(np.abs(runs[0].amplitudes - runs[1].amplitudes))), TOLERANCES["simulator"]),
+    ]
+
+
+def forward_model_rows(model_configs, *, seed=0):
+    """`compare_forward_model` for every backend and configuration (worst step per run)."""
+    from .backends import BACKENDS, is_available
+
+    return [
+        ParityRow("forward model", f"{backend} vs NumPy, {_describe(cfg)}",
+                  max(compare_forward_model(backend, cfg, seed=seed).values()), TOLERANCES["forward_model"])
+        for cfg in model_configs for backend in BACKENDS if is_available(backend)
+    ]
+
+
+def network_rows(model_configs, *, seed=0):
+    """`compare_network` (torch weights in tensorflow) per configuration."""
+    return [
+        ParityRow("network", f"tensorflow vs torch, shared weights, {_describe(cfg)}",
+                  max(v for k, v in compare_network(cfg, seed=seed).items() if k != "weights_roundtrip"),
+                  TOLERANCES["network"])
+        for cfg in model_configs
+    ]
+
+
+def gradient_rows(model_configs, *, seed=0):
+    """`compare_gradients` of one training step per configuration (worst layer)."""
+    from .config import TrainingConfig
+
+    training = TrainingConfig(nll_weight=1.0, mae_weight=0.5)
+    return [
+        ParityRow("gradients", f"one step, worst layer, {_describe(cfg)}",
+                  max(compare_gradients(cfg, training, seed=seed).values()), TOLERANCES["gradients"])
+        for cfg in model_configs
+    ]
+
+
+def reassembly_rows(*, seed=0, n_positions=200, patch_size=64):
+    """Each backend's reassembly vs the NumPy reference on identical random patches (crop and probe weights)."""
+    import importlib
+
+    from . import reassemble
+    from .backends import BACKENDS, is_available
+
+    rng = np.random.default_rng(seed)
+    patches = (rng.normal(size=(n_positions, patch_size, patch_size))
+               + 1j * rng.normal(size=(n_positions, patch_size, patch_size))).astype(np.complex64)
+    x_px = rng.uniform(40, 160, n_positions)
+    y_px = rng.uniform(40, 120, n_positions)
+    probe = np.exp(-((np.arange(patch_size) - patch_size // 2) ** 2) / 200.0)[:, None] * np.ones(patch_size)
+    rows = []
+    for backend in (b for b in BACKENDS if is_available(b)):
+        module = importlib.import_module(f"ptycholib.{backend}.reassemble")
+        physics = importlib.import_module(f"ptycholib.{backend}.physics")
+        for weighting in ("crop", "probe"):
+            reference, _ = reassemble.reassemble_patches(patches, x_px, y_px, (200, 200), weighting=weighting, probe=probe)
+            measured, _ = module.reassemble_patches(patches, x_px, y_px, (200, 200), weighting=weighting, probe=probe)
+            rows.append(ParityRow("reassembly", f"{backend} vs NumPy, {weighting} weights",
+                                  relative_error(physics.to_numpy(measured), reference), TOLERANCES["reassembly"]))
+    return rows
+
+
+@dataclass
+class TrainingParity:
+    """Both backends trained on the same data from the same start (`compare_training`)."""
+
+    histories: dict
+    reconstructions: dict
+    scores: dict
+    rows: list
+    summary: dict
+    region: np.ndarray
+
+    def difference_maps(self, test_data):
+        """Arguments for `plotting.difference_maps`: torch minus tensorflow, amplitude and phase."""
+        from . import metrics
+
+        aligned = {name: metrics.remove_global_factor(obj, test_data.obj, self.region)
+                   for name, obj in self.reconstructions.items()}
+        torch_obj, tf_obj = aligned["torch"], aligned["tensorflow"]
+        images = [np.where(self.region, np.abs(torch_obj) - np.abs(tf_obj), np.nan),
+                  np.where(self.region, np.angle(torch_obj * np.conj(tf_obj)), np.nan)]
+        return images, ["|torch| - |tensorflow|", "phase(torch) - phase(tensorflow) (rad)"]
+
+
+def compare_training(train_data, test_data, config, *, source="torch"):
+    """Train both backends on the same data from the same initial weights and batch order; score both.
+
+    The source backend's seeded initial weights are copied into the other (canonical layout); the
+    batch order and validation split come from `ptycholib.batching` in both. Returns a
+    `TrainingParity` whose rows hold the PSNR and SSIM differences of the two reconstructions
+    (SPEC 8: within 1 dB and 0.02).
+    """
+    from . import forward, workflow
+    from .config import apply_overrides
+
+    backend = get_backend(source)
+    probe_scale = config.model.probe_scale
+    start = backend.network.build_model(config.model, train_data.probe,
+                                        forward.initial_intensity_scale(train_data.amplitudes, train_data.probe, probe_scale),
+                                        seed=config.training.seed)
+    initial = backend.network.get_weights(start)
+    histories, reconstructions, scores = {}, {}, {}
+    for name in ("torch", "tensorflow"):
+        cfg = apply_overrides(config, {"backend": name})
+        trained = workflow.train_model(train_data, cfg, initial_weights=initial, progress=False)
+        recon = workflow.reconstruct(trained, test_data)
+        histories[name] = trained.history
+        reconstructions[name] = recon.obj
+        scores[name] = dict(workflow.evaluate(recon, test_data), train_seconds=trained.seconds)
+        region = recon.region
+    psnr_gap = abs(scores["torch"]["amplitude_psnr"] - scores["tensorflow"]["amplitude_psnr"])
+    ssim_gap = abs(scores["torch"]["amplitude_ssim"] - scores["tensorflow"]["amplitude_ssim"])
+    loss_gap = max(relative_error(a["loss"], b["loss"]) for a, b in zip(histories["tensorflow"], histories["torch"]))
+    rows = [
+        ParityRow("trained models", "|amplitude PSNR(torch) - PSNR(tensorflow)| (dB)", psnr_gap, TOLERANCES["training_psnr_db"]),
+        ParityRow("trained models", "|amplitude SSIM(torch) - SSIM(tensorflow)|", ssim_gap, TOLERANCES["training_ssim"]),
+    ]
+    summary = {
+        "loss_max_relative_gap": loss_gap,
+        **{f"{name}_{key}": scores[name][key] for name in scores for key in ("amplitude_ssim", "amplitude_psnr", "phase_rmse", "train_seconds")},
+    }
+    return TrainingParity(histories, reconstructions, scores, rows, summary, region)

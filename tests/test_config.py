@@ -47,6 +47,8 @@ def test_frozen():
         ({"positions_provided": False}, "positions_provided=False is not supported"),
         ({"crop_size": 80}, "crop_size=80 is larger than N=64"),
         ({"logger": "wandb"}, "logger='wandb'"),
+        ({"precision": "16"}, "precision='16' is not supported"),
+        ({"precision": "bf16-mixed", "backend": "tensorflow"}, "not implemented by the tensorflow backend"),
         ({"object_big": "yes"}, "object_big='yes' must be true or false"),
     ],
 )

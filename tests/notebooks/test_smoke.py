@@ -74,3 +74,18 @@ def test_notebook_smoke(path, backend, pipeline):
     assert list(result.fig_dir.glob(f"{path.stem[:2]}_*.png")), "the notebook wrote no figure"
     assert result.metrics, "the notebook wrote no metrics file"
     assert _finite(result.metrics), result.metrics
+    failed = [row for row in result.metrics.get("parity_rows", []) if not row["passed"]]
+    assert not failed, failed
+
+
+@pytest.mark.notebook
+def test_grid_runner_two_by_one(tmp_path):
+    runs = notebooks.run_notebooks(["01"], grid=["gridsize=1,2", "nepochs=3"], out_dir=tmp_path / "nb",
+                                   fig_dir=tmp_path / "fig", smoke=True, workers=2)
+    assert [run.output.name for run in runs] == ["01_config_harmonization__gridsize-1.ipynb",
+                                                 "01_config_harmonization__gridsize-2.ipynb"]
+    for run in runs:
+        assert run.output.exists() and run.metrics["n_fields"] > 0
+        assert run.fig_dir == (tmp_path / "fig" / "runs" / run.output.stem).resolve()
+    table = notebooks.combined_table(runs)
+    assert "01_config_harmonization__gridsize-2" in table
