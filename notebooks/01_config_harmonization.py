@@ -36,7 +36,7 @@
 # %% tags=["parameters"]
 smoke: bool = False  # tiny sizes; runs in seconds (used by tests)
 fig_dir: str = "../figures"  # where figures and the metrics file go
-nepochs: int = 50  # an example override, applied in section 3 (>= 2: two stages)
+nepochs: int = 50  # an example override for section 3, two stages need at least 2
 gridsize: int = 2  # another example override
 
 # %%

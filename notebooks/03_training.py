@@ -41,10 +41,10 @@ data_dir: str = "../build/data"  # notebook 02's train.npz and test.npz
 model_dir: str = "../build/models"  # archives are written to {model_dir}/{backend}/
 gridsize: int = 2  # groups of gridsize**2 neighbouring patterns
 n_filters_scale: int = 1  # network width (2 is PtychoPINN's default; 1 is 3x faster on a CPU)
-n_groups: int = 2048  # training groups
-nepochs: int = 20  # epochs, split into two stages below
+n_groups: int = 1024  # training groups
+nepochs: int = 8  # epochs, split into two stages below
 batch_size: int = 16  # groups per optimiser step
-supervised_epochs: int = 10  # epochs of the supervised baseline (0 skips it)
+supervised_epochs: int = 3  # epochs of the supervised baseline (0 skips it)
 seed: int = 0  # grouping, initial weights, batch order
 
 # %%

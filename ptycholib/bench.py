@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 __all__ = ["Row", "register", "available", "run", "pin_threads", "best_time", "format_table", "rows_to_json"]
 
-_BENCH_MODULES = ("_bench_reassemble", "_bench_simulate", "_bench_backends")
+_BENCH_MODULES = ("_bench_reassemble", "_bench_simulate", "_bench_backends", "_bench_spec10")
 _REGISTRY = {}
 
 

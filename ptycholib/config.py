@@ -225,8 +225,8 @@ class TrainingConfig:
     logger : str
         ``"csv"``, ``"mlflow"`` (needs the mlflow extra) or ``"none"``.
     precision : str
-        ``"32"`` (float32) or ``"bf16-mixed"`` (bfloat16 network with float32 physics; about 3x faster
-        on CPUs with AMX; torch backend only).
+        ``"32"`` (float32) or ``"bf16-mixed"`` (bfloat16 convolutions with float32 weights, heads and
+        physics; about 3x faster training on CPUs with AMX; both backends).
     sequential_sampling : bool
         Take group seeds in scan order instead of at random.
     positions_provided : bool
@@ -306,11 +306,6 @@ class TrainingConfig:
         _check_positive_int("devices", self.devices)
         _check_choice("logger", self.logger, LOGGERS)
         _check_choice("precision", self.precision, PRECISIONS)
-        _require(
-            self.precision == "32" or self.backend == "torch",
-            f"precision={self.precision!r} is not implemented by the {self.backend} backend; set precision='32' "
-            "or use backend='torch'.",
-        )
         if self.stages:
             total = sum(stage.epochs for stage in self.stages)
             _require(

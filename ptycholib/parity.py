@@ -11,32 +11,30 @@ model, the torch backend for network outputs and gradients).
 
 from __future__ import annotations
 
-import dataclasses
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import forward
-from .backends import BACKENDS, get_backend, is_available
+from .backends import get_backend
 
 __all__ = [
     "TOLERANCES",
-    "Row",
-    "TrainingComparison",
-    "relative_error",
-    "make_physics_inputs",
+    "ParityRow",
+    "TrainingParity",
     "compare_forward_model",
-    "compare_network",
     "compare_gradients",
+    "compare_network",
     "compare_reassembly",
-    "standard_model_configs",
+    "compare_training",
     "config_and_simulator_rows",
     "forward_model_rows",
-    "network_rows",
     "gradient_rows",
+    "make_physics_inputs",
+    "network_rows",
     "reassembly_rows",
-    "compare_training",
+    "relative_error",
+    "standard_model_configs",
 ]
 
 TOLERANCES = {
@@ -50,54 +48,6 @@ TOLERANCES = {
     "training_ssim": 0.02,
 }
 """SPEC section 8 targets, stage -> tolerance (relative unless the name carries a unit)."""
-
-
-@dataclass(frozen=True)
-class Row:
-    """One measured line of the parity table (notebook 05).
-
-    Attributes
-    ----------
-    stage : str
-        Key of `TOLERANCES`.
-    detail : str
-        What was compared (backends, configuration).
-    measured : float
-        The difference found (relative, or in the unit of the stage).
-    target : float
-        ``TOLERANCES[stage]``.
-    """
-
-    stage: str
-    detail: str
-    measured: float
-    target: float
-
-    @property
-    def passed(self):
-        """True when ``measured <= target``."""
-        return bool(self.measured <= self.target)
-
-    def as_dict(self):
-        """Plain dict (JSON-ready), with ``passed``."""
-        return {**dataclasses.asdict(self), "measured": float(self.measured), "passed": self.passed}
-
-
-def _row(stage, detail, measured):
-    return Row(stage=stage, detail=detail, measured=float(measured), target=TOLERANCES[stage])
-
-
-def _available_backends():
-    return [name for name in BACKENDS if is_available(name)]
-
-
-def _describe(model_config):
-    cfg = model_config
-    return (
-        f"N={cfg.N} gridsize={cfg.gridsize} pad_object={cfg.pad_object} probe_big={cfg.probe_big}"
-        + (" probe_mask" if cfg.probe_mask else "")
-        + (f" sigma={cfg.gaussian_smoothing_sigma:g}" if cfg.gaussian_smoothing_sigma else "")
-    )
 
 
 def relative_error(a, b):
@@ -347,8 +297,8 @@ def compare_gradients(model_config, training_config, *, batch=2, seed=0, physics
     return errors
 
 
-def compare_reassembly(backend, *, weighting="crop", seed=0, n_positions=40, patch_size=64):
-    """Reassemble identical patches with one backend and with `ptycholib.reassemble` (NumPy).
+def compare_reassembly(backend, *, weighting="crop", seed=0, n_positions=200, patch_size=64):
+    """Reassemble identical random patches with one backend and with `ptycholib.reassemble` (NumPy).
 
     Returns
     -------
@@ -364,194 +314,14 @@ def compare_reassembly(backend, *, weighting="crop", seed=0, n_positions=40, pat
     to_numpy = get_backend(backend).physics.to_numpy
     rng = np.random.default_rng(seed)
     shape = (n_positions, patch_size, patch_size)
-    patches = (rng.uniform(0.2, 1.0, shape) * np.exp(1j * rng.uniform(-np.pi, np.pi, shape))).astype(np.complex64)
-    x_px = rng.uniform(patch_size / 2, patch_size / 2 + 60, n_positions)
-    y_px = rng.uniform(patch_size / 2, patch_size / 2 + 50, n_positions)
-    canvas = (int(y_px.max()) + patch_size, int(x_px.max()) + patch_size + 3)
-    probe = make_physics_inputs(_model_config(N=patch_size), seed=seed)["probe"]
-    options = {"crop_size": 20, "weighting": weighting, "probe": probe}
-    obj, weights = reassemble.reassemble_patches(patches, x_px, y_px, canvas, **options)
-    obj_b, weights_b = module.reassemble_patches(patches, x_px, y_px, canvas, **options)
+    patches = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
+    x_px = rng.uniform(40, 160, n_positions)
+    y_px = rng.uniform(40, 120, n_positions)
+    probe = np.exp(-((np.arange(patch_size) - patch_size // 2) ** 2) / 200.0)[:, None] * np.ones(patch_size)
+    options = {"weighting": weighting, "probe": probe}
+    obj, weights = reassemble.reassemble_patches(patches, x_px, y_px, (200, 200), **options)
+    obj_b, weights_b = module.reassemble_patches(patches, x_px, y_px, (200, 200), **options)
     return {"obj": relative_error(to_numpy(obj_b), obj), "weights": relative_error(to_numpy(weights_b), weights)}
-
-
-def _model_config(**fields):
-    from .config import ModelConfig
-
-    return ModelConfig(**fields)
-
-
-def standard_model_configs(*, smoke=False):
-    """The model configurations of the parity table: N in {64, 128}, gridsize in {1, 2}, three heads.
-
-    Heads are (pad_object, probe_big) = (True, True), (True, False), (False, False); width
-    ``n_filters_scale=1``. ``smoke=True`` returns two small ones.
-    """
-    if smoke:
-        return [_model_config(N=64, gridsize=2, n_filters_scale=1), _model_config(N=64, gridsize=1, n_filters_scale=1, pad_object=False)]
-    heads = [(True, True), (True, False), (False, False)]
-    return [
-        _model_config(N=size, gridsize=gridsize, n_filters_scale=1, pad_object=pad, probe_big=big)
-        for size in (64, 128)
-        for gridsize in (1, 2)
-        for pad, big in heads
-    ]
-
-
-def config_and_simulator_rows(*, seed=0):
-    """Rows for the two single-implementation stages: legacy-dict round trip and simulator repeat.
-
-    The config row counts the fields that differ after ``to_legacy_dict`` -> ``from_legacy_dict`` of
-    a config with non-default values; the simulator row is the largest difference between two
-    `ptycholib.simulate.simulate_train_test` runs with one seed (amplitudes, positions, objects).
-    """
-    from . import config, simulate
-
-    cfg = config.apply_overrides(
-        config.Config(),
-        {"gridsize": 2, "n_filters_scale": 1, "probe_big": False, "nepochs": 7, "mae_weight": 0.25,
-         "backend": "tensorflow", "crop_size": 16, "seed": seed},
-    )
-    back = config.from_legacy_dict(config.to_legacy_dict(cfg))
-    back = back[0] if isinstance(back, tuple) else back
-    drift = config.config_drift(cfg, back)
-    runs = [simulate.simulate_train_test(n_train=9, n_test=4, nphotons=1e6, seed=seed) for _ in range(2)]
-    difference = 0.0
-    for first, second in zip(*runs):
-        for name in ("amplitudes", "x_px", "y_px", "obj", "probe"):
-            a, b = getattr(first, name), getattr(second, name)
-            difference = max(difference, float(np.max(np.abs(np.asarray(a) - np.asarray(b)))))
-    return [
-        _row("config_roundtrip", "config -> legacy dict -> config (fields that differ)", len(drift)),
-        _row("simulator", f"simulate_train_test twice with seed={seed} (max difference)", difference),
-    ]
-
-
-def forward_model_rows(model_configs, *, seed=0, backends=None):
-    """One row per backend and configuration: physics steps vs the NumPy reference (largest step error)."""
-    rows = []
-    for backend in backends or _available_backends():
-        for cfg in model_configs:
-            errors = compare_forward_model(backend, cfg, seed=seed)
-            worst = max(errors, key=errors.get)
-            rows.append(_row("forward_model", f"{backend} vs NumPy, {_describe(cfg)} (worst: {worst})", errors[worst]))
-    return rows
-
-
-def network_rows(model_configs, *, seed=0):
-    """One row per configuration: tensorflow vs torch outputs with torch's initial weights."""
-    rows = []
-    for cfg in model_configs:
-        errors = compare_network(cfg, seed=seed)
-        roundtrip = errors.pop("weights_roundtrip")
-        worst = max(errors, key=errors.get)
-        detail = f"tensorflow vs torch, {_describe(cfg)} (worst: {worst}; weights round trip {roundtrip:g})"
-        rows.append(_row("network", detail, max(errors[worst], roundtrip)))
-    return rows
-
-
-def gradient_rows(model_configs, *, seed=0, training_config=None):
-    """One row per configuration: one training step's gradients, tensorflow vs torch (worst layer)."""
-    from .config import TrainingConfig
-
-    training_config = training_config or TrainingConfig(nll_weight=1.0, mae_weight=0.5)
-    rows = []
-    for cfg in model_configs:
-        errors = compare_gradients(cfg, training_config, seed=seed)
-        worst = max(errors, key=errors.get)
-        rows.append(_row("gradients", f"tensorflow vs torch, {_describe(cfg)} (worst: {worst})", errors[worst]))
-    return rows
-
-
-def reassembly_rows(*, seed=0, backends=None):
-    """One row per backend and weighting: backend reassembly vs `ptycholib.reassemble`."""
-    rows = []
-    for backend in backends or _available_backends():
-        for weighting in ("crop", "probe"):
-            errors = compare_reassembly(backend, weighting=weighting, seed=seed)
-            rows.append(_row("reassembly", f"{backend} vs NumPy, weighting={weighting}", max(errors.values())))
-    return rows
-
-
-@dataclass
-class TrainingComparison:
-    """Both backends trained from the same start on the same data (see `compare_training`).
-
-    Attributes
-    ----------
-    rows : list of Row
-        ``training_psnr_db`` and ``training_ssim`` rows (amplitude and phase).
-    histories : dict of str to list of dict
-        Backend -> per-epoch records.
-    scores : dict of str to dict
-        Backend -> `ptycholib.workflow.evaluate` scores on the test data.
-    reconstructions : dict of str to Reconstruction
-    summary : dict
-        JSON-ready numbers: each backend's SSIM, PSNR, phase RMSE and training seconds.
-    """
-
-    rows: list
-    histories: dict
-    scores: dict
-    reconstructions: dict
-    summary: dict = field(default_factory=dict)
-
-    def difference_maps(self, test_data=None):
-        """Return ``(images, titles)``: torch minus tensorflow amplitude and phase over the scanned region.
-
-        ``test_data`` is accepted for symmetry with the notebook call; the region comes from the
-        reconstructions.
-        """
-        first, second = (self.reconstructions[name] for name in ("torch", "tensorflow"))
-        region = first.region & second.region
-        amplitude = np.where(region, np.abs(first.obj) - np.abs(second.obj), 0.0)
-        phase = np.where(region, np.angle(first.obj * np.conj(second.obj)), 0.0)
-        return [amplitude, phase], ["amplitude: torch - tensorflow", "phase (rad): torch - tensorflow"]
-
-
-def compare_training(train_data, test_data, config, *, progress=False):
-    """Train both backends from the same initial weights on the same data and score both.
-
-    Parameters
-    ----------
-    train_data, test_data : ptycholib.data.PtychoData
-        ``test_data`` must hold its true object.
-    config : ptycholib.config.Config
-        Used for both; only ``training.backend`` is replaced. The batch order and validation split
-        come from `ptycholib.batching` in both trainers.
-    progress : bool
-
-    Returns
-    -------
-    TrainingComparison
-        Rows compare amplitude and phase PSNR (dB, target ``TOLERANCES["training_psnr_db"]``) and
-        SSIM (``TOLERANCES["training_ssim"]``) of the two reconstructions of ``test_data``.
-    """
-    from . import workflow
-
-    cfg = config
-    torch_backend = get_backend("torch")
-    intensity_scale = forward.initial_intensity_scale(train_data.amplitudes, train_data.probe, cfg.model.probe_scale)
-    start = torch_backend.network.build_model(cfg.model, train_data.probe, intensity_scale, seed=cfg.training.seed)
-    initial_weights = torch_backend.network.get_weights(start)
-    histories, scores, reconstructions, summary = {}, {}, {}, {}
-    for backend in ("torch", "tensorflow"):
-        run = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, backend=backend))
-        begin = time.perf_counter()
-        trained = workflow.train_model(train_data, run, initial_weights=initial_weights, progress=progress)
-        summary[f"{backend}_training_seconds"] = time.perf_counter() - begin
-        histories[backend] = trained.history
-        reconstructions[backend] = workflow.reconstruct(trained, test_data, backend=backend)
-        scores[backend] = workflow.evaluate(reconstructions[backend], test_data)
-        for key in ("amplitude_ssim", "amplitude_psnr", "phase_ssim", "phase_psnr", "phase_rmse"):
-            summary[f"{backend}_{key}"] = float(scores[backend][key])
-    rows = []
-    for part in ("amplitude", "phase"):
-        psnr = abs(scores["torch"][f"{part}_psnr"] - scores["tensorflow"][f"{part}_psnr"])
-        ssim = abs(scores["torch"][f"{part}_ssim"] - scores["tensorflow"][f"{part}_ssim"])
-        rows.append(_row("training_psnr_db", f"{part} PSNR |torch - tensorflow| (dB)", psnr))
-        rows.append(_row("training_ssim", f"{part} SSIM |torch - tensorflow|", ssim))
-    return TrainingComparison(rows=rows, histories=histories, scores=scores, reconstructions=reconstructions, summary=summary)
 
 
 @dataclass(frozen=True)
@@ -594,7 +364,13 @@ def _describe(model_config):
 def config_and_simulator_rows(*, seed=0):
     """Config -> legacy dict -> config (exact) and the simulator run twice with one seed (bit-identical)."""
     from . import simulate
-    from .config import Config, apply_overrides, config_drift, from_legacy_dict, to_legacy_dict
+    from .config import (
+        Config,
+        apply_overrides,
+        config_drift,
+        from_legacy_dict,
+        to_legacy_dict,
+    )
 
     cfg = apply_overrides(Config(), {"gridsize": 2, "backend": "tensorflow", "stages": [{"epochs": 50}]})
     back, _ = from_legacy_dict(to_legacy_dict(cfg))
@@ -640,29 +416,16 @@ def gradient_rows(model_configs, *, seed=0):
     ]
 
 
-def reassembly_rows(*, seed=0, n_positions=200, patch_size=64):
-    """Each backend's reassembly vs the NumPy reference on identical random patches (crop and probe weights)."""
-    import importlib
-
-    from . import reassemble
+def reassembly_rows(*, seed=0):
+    """Each backend's reassembly vs the NumPy reference on identical random patches (`compare_reassembly`)."""
     from .backends import BACKENDS, is_available
 
-    rng = np.random.default_rng(seed)
-    patches = (rng.normal(size=(n_positions, patch_size, patch_size))
-               + 1j * rng.normal(size=(n_positions, patch_size, patch_size))).astype(np.complex64)
-    x_px = rng.uniform(40, 160, n_positions)
-    y_px = rng.uniform(40, 120, n_positions)
-    probe = np.exp(-((np.arange(patch_size) - patch_size // 2) ** 2) / 200.0)[:, None] * np.ones(patch_size)
-    rows = []
-    for backend in (b for b in BACKENDS if is_available(b)):
-        module = importlib.import_module(f"ptycholib.{backend}.reassemble")
-        physics = importlib.import_module(f"ptycholib.{backend}.physics")
-        for weighting in ("crop", "probe"):
-            reference, _ = reassemble.reassemble_patches(patches, x_px, y_px, (200, 200), weighting=weighting, probe=probe)
-            measured, _ = module.reassemble_patches(patches, x_px, y_px, (200, 200), weighting=weighting, probe=probe)
-            rows.append(ParityRow("reassembly", f"{backend} vs NumPy, {weighting} weights",
-                                  relative_error(physics.to_numpy(measured), reference), TOLERANCES["reassembly"]))
-    return rows
+    return [
+        ParityRow("reassembly", f"{backend} vs NumPy, {weighting} weights",
+                  compare_reassembly(backend, weighting=weighting, seed=seed)["obj"], TOLERANCES["reassembly"])
+        for backend in BACKENDS if is_available(backend)
+        for weighting in ("crop", "probe")
+    ]
 
 
 @dataclass

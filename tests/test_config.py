@@ -48,7 +48,6 @@ def test_frozen():
         ({"crop_size": 80}, "crop_size=80 is larger than N=64"),
         ({"logger": "wandb"}, "logger='wandb'"),
         ({"precision": "16"}, "precision='16' is not supported"),
-        ({"precision": "bf16-mixed", "backend": "tensorflow"}, "not implemented by the tensorflow backend"),
         ({"object_big": "yes"}, "object_big='yes' must be true or false"),
     ],
 )

@@ -20,7 +20,7 @@ import sys
 def _import_tensorflow_quietly():
     """Import TensorFlow with the C++ start-up notices (printed on file descriptor 2) discarded."""
     if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "2":
-        import tensorflow  # noqa: F401
+        import tensorflow
 
         return
     saved = os.dup(2)
@@ -38,6 +38,6 @@ if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 _import_tensorflow_quietly()
 
-from . import network, physics, training  # noqa: E402
+from . import network, physics, training
 
 __all__ = ["network", "physics", "training"]

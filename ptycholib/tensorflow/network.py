@@ -18,13 +18,13 @@ from .. import forward
 from . import physics
 
 __all__ = [
-    "PtychoNet",
     "PhysicsModel",
-    "build_network",
+    "PtychoNet",
     "build_model",
+    "build_network",
     "forward_model",
-    "predict_object",
     "get_weights",
+    "predict_object",
     "set_weights",
 ]
 
@@ -66,7 +66,7 @@ def _conv(width, name):
 
 def _widths(size, scale):
     """Encoder and decoder widths for patch side ``size`` (table in docs/architecture.md)."""
-    depth = int(round(math.log2(size // 8)))  # 3 blocks at N=64, 4 at 128, 5 at 256
+    depth = (size // 8).bit_length() - 1  # log2(N / 8): 3 blocks at N=64, 4 at 128, 5 at 256
     encoder = [128 * scale // 2 ** (depth - 1 - k) for k in range(depth)]
     decoder = [32 * scale * 2 ** (depth - 2 - k) for k in range(depth - 1)]
     return encoder, decoder
@@ -141,6 +141,10 @@ class PtychoNet(keras.Model):
         x = tf.nn.relu(self.convs[f"{prefix}.conv0"](x))
         return tf.nn.relu(self.convs[f"{prefix}.conv1"](x))
 
+    def _head(self, prefix, x):
+        """Last convolution of a head; activations and everything after them run in float32."""
+        return tf.cast(self.convs[prefix](x), tf.float32)
+
     def _decode(self, features, branch, activation):
         x = features
         for i in range(self._decoder_depth):
@@ -148,14 +152,14 @@ class PtychoNet(keras.Model):
         head = f"head_{branch}"
         if self.model_config.pad_object:
             quarter = self.patch_size // 4
-            center = activation(self.convs[f"{head}.center"](x[..., : self.feature_width - 4]))
+            center = activation(self._head(f"{head}.center", x[..., : self.feature_width - 4]))
             out = tf.pad(center, [[0, 0], [quarter, quarter], [quarter, quarter], [0, 0]])
             if self.model_config.probe_big:
                 outer = _upsample_nearest(self._pair(f"{head}.outer", x[..., self.feature_width - 4 :]))
-                out = out + activation(self.convs[f"{head}.outer.out"](outer)) * self._border
+                out = out + activation(self._head(f"{head}.outer.out", outer)) * self._border
             return out
         full = _upsample_nearest(self._pair(f"{head}.full", x))
-        return activation(self.convs[f"{head}.full.out"](full))
+        return activation(self._head(f"{head}.full.out", full))
 
     def call(self, inputs):
         x = tf.transpose(tf.cast(inputs, tf.float32), [0, 2, 3, 1])

@@ -14,16 +14,16 @@ import tensorflow as tf
 from .. import forward
 
 __all__ = [
-    "to_tensor",
-    "to_numpy",
-    "translate_bilinear",
-    "assemble_group_canvas",
-    "normalize_probe",
-    "illuminate",
-    "far_field_amplitude",
-    "poisson_nll",
     "amplitude_mae",
+    "assemble_group_canvas",
+    "far_field_amplitude",
     "fft_amplitude_raw",
+    "illuminate",
+    "normalize_probe",
+    "poisson_nll",
+    "to_numpy",
+    "to_tensor",
+    "translate_bilinear",
 ]
 
 _NLL_EPS = 1e-8

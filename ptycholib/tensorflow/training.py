@@ -23,9 +23,10 @@ from .. import batching
 from .. import config as _config
 from . import network, physics
 
-__all__ = ["train", "predict_patches", "loss_gradients"]
+__all__ = ["loss_gradients", "predict_patches", "train"]
 
 _CSV_NAME = "metrics.csv"
+_POLICIES = {"32": "float32", "32-true": "float32", "bf16-mixed": "mixed_bfloat16"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,6 +240,12 @@ def _set_trainable(model, *, freeze_encoder, probe_trainable, intensity_scale_tr
         model.log_intensity_scale.trainable = intensity_scale_trainable
 
 
+def _set_precision(model, policy):
+    """Give every convolution the Keras dtype policy ``policy`` (weights stay float32)."""
+    for conv in network._network_of(model).convs.values():
+        conv.dtype_policy = policy
+
+
 def _candidate_variables(model):
     net = network._network_of(model)
     variables = [v for conv in net.convs.values() for v in (conv.kernel, conv.bias)]
@@ -284,6 +291,10 @@ def train(
         (``'auto'`` with one device: the default strategy; ``'mirrored'``/``'ddp'`` or more than one
         device: ``tf.distribute.MirroredStrategy`` over that many TensorFlow devices, with
         ``batch_size`` split over them and the last partial batch dropped).
+        ``precision``: ``"32"`` (default) or ``"bf16-mixed"``: the convolutions compute in
+        bfloat16 during training (Keras ``mixed_bfloat16`` policy; weights, heads' activations and
+        physics stay float32), about 3x faster on CPUs with AMX; the model predicts in float32 again
+        afterwards.
     target_patches : ndarray of shape (B, C, N, N), complex64, optional
         Ground-truth patches; required (and only used) when ``model_type='supervised'``.
     validation_fraction : float, optional
@@ -322,6 +333,9 @@ def train(
         target = _as_array("amplitudes", amplitudes, inputs.shape, np.float32)
         if np.any(target < 0):
             raise ValueError("amplitudes has negative values; pass sqrt(counts) (amplitudes are >= 0).")
+    precision = str(getattr(training_config, "precision", "32"))
+    if precision not in _POLICIES:
+        raise ValueError(f"precision={precision!r} is not supported; allowed values: '32', 'bf16-mixed'.")
     plan = _config.epoch_plan(training_config)
     fraction = training_config.validation_fraction if validation_fraction is None else validation_fraction
     if not 0 <= fraction < 1:
@@ -371,6 +385,7 @@ def train(
     if training_config.logger == "mlflow":
         mlflow_module, mlflow_run = _start_mlflow(log_dir, cfg, training_config)
         extra.append(_MLflowLogger(mlflow_module))
+    _set_precision(work, _POLICIES[precision])
     try:
         stages = sorted({entry.stage for entry in plan})
         for stage in stages:
@@ -400,6 +415,7 @@ def train(
             if schedule.stopped:
                 break
     finally:
+        _set_precision(work, "float32")  # prediction and parity run in float32
         if mlflow_run is not None:
             mlflow_module.end_run()
     if work is not model:
