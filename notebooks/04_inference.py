@@ -106,8 +106,9 @@ if baseline.ptylab_available():
 # All methods are scored on the region the network reconstructed, after removing one global complex
 # factor (phase offset and amplitude scale are not observable) and a sub-pixel registration. SSIM and PSNR
 # use the true amplitude's range as `data_range`; FRC resolutions are fractions of Nyquist.
-# Look for: the PINN's amplitude SSIM should clear **0.8** (the project's quality gate) on this test object
-# it never saw.
+# The project's quality gate is an amplitude SSIM of **0.8** on this test object, which the model never saw.
+# At the CPU-sized defaults (a few minutes of training) the PINN stays well below it (about 0.55); the
+# SSIM-versus-training measurements are in `docs/results.md`.
 
 # %%
 scores = {label: workflow.evaluate(obj, test_data, mask=scanned) for label, obj in results.items()}
@@ -139,8 +140,9 @@ notebooks.save_metrics({
 # ## Summary
 # - The reconstruction lands on the test object's own pixel grid; reassembly is a vectorised scatter-add.
 # - Scores are standard (explicit data ranges, global factor removed, FRC curves rather than one number).
-# - The physics-informed model never saw a true object, yet competes with the supervised baseline; ePIE
-#   needs many sweeps over the data for a comparable result.
+# - The physics-informed model never saw a true object, yet beats the supervised baseline trained for the
+#   same time. At this high dose and overlap, ePIE with the known probe is far better after 30 sweeps; the
+#   network's strengths are one fast pass per scan once trained, and no iterations at inference.
 #
 # ### What's next?
 # Notebook 05 measures, stage by stage, how closely the two backends agree.

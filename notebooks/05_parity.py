@@ -39,8 +39,8 @@ fig_dir: str = "../figures"  # where figures and the metrics file go
 data_dir: str = "../build/data"  # notebook 02's train.npz and test.npz
 gridsize: int = 2  # groups of gridsize**2 patterns
 n_filters_scale: int = 1  # network width
-n_groups: int = 512  # training groups for the trained-model comparison
-nepochs: int = 4  # epochs for the trained-model comparison
+n_groups: int = 1024  # training groups for the trained-model comparison
+nepochs: int = 8  # epochs for the trained-model comparison
 seed: int = 0  # initial weights, batch order, inputs
 
 # %%

@@ -208,6 +208,8 @@ class Reconstruction:
         scores use, for every weighting).
     inference_seconds, reassembly_seconds : float
         Time spent in the network and in reassembly.
+    total_seconds : float
+        Grouping, input scaling, network and reassembly (model construction excluded).
     backend : str
     """
 
@@ -218,6 +220,7 @@ class Reconstruction:
     indices: np.ndarray
     inference_seconds: float
     reassembly_seconds: float
+    total_seconds: float
     backend: str
 
 
@@ -248,6 +251,7 @@ def reconstruct(model, data, *, backend=None, inference=None, progress=False):
             f"N={saved.config.model.N}."
         )
     chosen, net = build_backend_model(saved, backend or inference.backend)
+    begin = time.perf_counter()
     groups = inference_groups(data, saved.config.model, saved.config.training.neighbor_count)
     grouped = group_data(data, groups, saved.input_scale)
     start = time.perf_counter()
@@ -263,7 +267,8 @@ def reconstruct(model, data, *, backend=None, inference=None, progress=False):
     region = metrics.scanned_region_mask(data.x_px, data.y_px, obj.shape, inference.crop_size)
     return Reconstruction(obj=obj.astype(np.complex64), weights=weights, region=region, object_patches=patches,
                           indices=grouped.indices, inference_seconds=inference_seconds,
-                          reassembly_seconds=reassembly_seconds, backend=chosen.name)
+                          reassembly_seconds=reassembly_seconds, total_seconds=time.perf_counter() - begin,
+                          backend=chosen.name)
 
 
 def evaluate(reconstruction, data, *, mask=None, **options):

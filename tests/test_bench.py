@@ -38,5 +38,6 @@ def test_spec10_measure_quick():
     from ptycholib._bench_spec10 import measure
 
     figures = measure("torch", 2, 1, quick=True)
-    assert set(figures) == {"train_groups_per_s", "inference_patterns_per_s", "reassembly_over_inference", "peak_gib"}
+    assert set(figures) == {"train_groups_per_s", "inference_patterns_per_s", "reassembly_over_inference", "peak_gib",
+                            "end_to_end_over_network"}
     assert all(value > 0 and math.isfinite(value) for value in figures.values())
