@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_shape", "check_finite", "check_nonnegative", "check_same_length", "describe"]
+__all__ = ["check_shape", "check_finite", "check_nonnegative", "check_same_length", "check_same_keys", "describe"]
 
 
 def describe(name, where=""):
@@ -132,3 +132,17 @@ def check_same_length(first, first_name, second, second_name, *, where="", what=
         raise ValueError(
             f"{first_name} has {n_first} entries but {second_name} has {n_second}{location}; {what}."
         )
+
+
+def check_same_keys(given, expected, what, *, hint="", error=ValueError):
+    """Raise ``error`` naming the missing and unexpected keys when ``given`` and ``expected`` differ.
+
+    Used for canonical weight dicts (the archive and both backends' ``set_weights``).
+    """
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    if missing or unexpected:
+        def shorten(keys):
+            return f"{keys[:5]}{'...' if len(keys) > 5 else ''}"
+
+        raise error(f"{what}: missing {shorten(missing)}, unexpected {shorten(unexpected)}.{' ' + hint if hint else ''}")

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ptycholib import __version__
+from ptycholib._checks import check_same_keys
 from ptycholib.config import Config, ConfigError, config_from_dict, config_to_dict
 
 __all__ = [
@@ -145,15 +146,12 @@ def _weights_bytes(weights, input_scale):
 
 def _check_weights(weights, model_config, where):
     expected = canonical_shapes(model_config)
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    if missing or unexpected:
-        raise ArchiveError(
-            f"{where}: weights do not match the configured architecture (N={model_config.N}, "
-            f"gridsize={model_config.gridsize}, n_filters_scale={model_config.n_filters_scale}); "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-            f"{'...' if len(unexpected) > 5 else ''}."
-        )
+    check_same_keys(
+        weights, expected,
+        f"{where}: weights do not match the configured architecture (N={model_config.N}, "
+        f"gridsize={model_config.gridsize}, n_filters_scale={model_config.n_filters_scale})",
+        error=ArchiveError,
+    )
     for name, shape in expected.items():
         actual = tuple(np.shape(weights[name]))
         if actual != shape:

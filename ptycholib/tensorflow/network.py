@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import forward
+from .._checks import check_same_keys
 from . import physics
 
 __all__ = [
@@ -435,14 +436,11 @@ def set_weights(model_or_net, weights):
         Naming every missing or unexpected key, or the first key whose shape differs.
     """
     variables = _canonical_variables(model_or_net)
-    missing = sorted(set(variables) - set(weights))
-    unexpected = sorted(set(weights) - set(variables))
-    if missing or unexpected:
-        raise ValueError(
-            f"canonical weights do not match this {type(model_or_net).__name__}: missing {missing}, "
-            f"unexpected {unexpected}. Build the model with the same ModelConfig (N, gridsize, n_filters_scale, "
-            "pad_object, probe_big) that produced the weights."
-        )
+    check_same_keys(
+        weights, variables, f"canonical weights do not match this {type(model_or_net).__name__}",
+        hint="Build the model with the same ModelConfig (N, gridsize, n_filters_scale, pad_object, probe_big) "
+        "that produced the weights.",
+    )
     updates = []
     for name, (variable, kind) in variables.items():
         value = np.asarray(weights[name])

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import forward
+from .._checks import check_same_keys
 from . import physics
 
 __all__ = [
@@ -413,14 +414,11 @@ def set_weights(model_or_net, weights):
         are not finite. Nothing is changed when it raises.
     """
     parameters = _canonical_parameters(model_or_net)
-    missing = sorted(set(parameters) - set(weights))
-    unexpected = sorted(set(weights) - set(parameters))
-    if missing or unexpected:
-        raise ValueError(
-            f"canonical weights do not match this {type(model_or_net).__name__}: missing {missing}, "
-            f"unexpected {unexpected}. Build the model with the same ModelConfig (N, gridsize, n_filters_scale, "
-            "pad_object, probe_big) that produced the weights."
-        )
+    check_same_keys(
+        weights, parameters, f"canonical weights do not match this {type(model_or_net).__name__}",
+        hint="Build the model with the same ModelConfig (N, gridsize, n_filters_scale, pad_object, probe_big) "
+        "that produced the weights.",
+    )
     updates = []
     for name, parameter in parameters.items():
         value = np.asarray(weights[name])
