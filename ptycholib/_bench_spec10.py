@@ -36,8 +36,6 @@ def measure(backend, gridsize, n_filters_scale, *, quick=False, timing_groups=25
     """Measure one backend and configuration in this process; return a dict of figures."""
     import resource
 
-    import numpy as np
-
     from ptycholib import reassemble, simulate, workflow
     from ptycholib.config import Config, apply_overrides
 
@@ -52,12 +50,11 @@ def measure(backend, gridsize, n_filters_scale, *, quick=False, timing_groups=25
     train_rate = trained.n_groups / (ends[1] - ends[0])
     chosen, model = workflow.build_backend_model(trained.archive)
     test = bench.test
-    indices = bench.test_groups.indices
-    inputs = (trained.archive.input_scale * test.amplitudes[indices]).astype(np.float32)
-    offsets = bench.test_groups.offsets.astype(np.float32)
-    chosen.training.predict_patches(model, inputs[:32], offsets[:32], batch_size=256)
+    grouped = workflow.group_data(test, bench.test_groups, trained.archive.input_scale)
+    indices = grouped.indices
+    chosen.training.predict_patches(model, grouped.inputs[:32], grouped.offsets[:32], batch_size=256)
     start = time.perf_counter()
-    patches = chosen.training.predict_patches(model, inputs, offsets, batch_size=256)
+    patches = chosen.training.predict_patches(model, grouped.inputs, grouped.offsets, batch_size=256)
     inference = time.perf_counter() - start
     start = time.perf_counter()
     reassemble.reassemble_patches(patches, test.x_px[indices], test.y_px[indices], test.obj.shape, crop_size=20)
