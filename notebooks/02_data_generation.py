@@ -43,6 +43,7 @@ object_kind: str = "lines"  # object of the data sets: "lines", "grf" or "dead_l
 probe_kind: str = "fzp"  # probe of the data sets: "disk", "gaussian" or "fzp" (asymmetric: no twin image)
 n_train: int = 2500  # training patterns (a 50 x 50 raster on a 260 px object)
 n_test: int = 900  # test patterns, on a second object
+n_objects: int = 1  # independent training objects, side by side on one mosaic (the test set is one held-out object)
 patch_size: int = 64  # N, pixels per pattern side
 step_px: float = 4.0  # scan step in object pixels; whole numbers keep positions on whole pixels
 nphotons: float = 1e9  # mean counts per pattern (SPEC section 10)
@@ -148,15 +149,17 @@ print(f"mean counts per pattern: {high.sum((1, 2)).mean():.4g} (asked {nphotons:
 # %% [markdown]
 # ## 5. The training and test sets
 # `simulate_train_test` makes two objects of the same kind, one probe, and a raster scan on each;
-# the test object is never seen in training. Every random choice comes from one seed, so the same
-# parameters give bit-identical files. The next cell simulates a few thousand patterns: a second or
+# the test object is never seen in training. With `n_objects > 1` the training set scans that many
+# independent objects instead, tiles of one mosaic canvas separated by vacuum; `train.object_index`
+# says which tile each position belongs to, and groups never mix tiles. Every random choice comes
+# from one seed, so the same parameters give bit-identical files. The next cell simulates a few thousand patterns: a second or
 # two on a laptop.
 
 # %%
 start = time.perf_counter()
 train, test = simulate.simulate_train_test(
     n_train=n_train, n_test=n_test, object_kind=object_kind, probe_kind=probe_kind, patch_size=patch_size,
-    nphotons=nphotons, step_px=step_px, seed=seed,
+    nphotons=nphotons, step_px=step_px, seed=seed, n_objects=n_objects,
 )  # fmt: skip
 seconds = time.perf_counter() - start
 train_path = data.save_npz(train, f"{data_dir}/train.npz")
@@ -183,7 +186,9 @@ assert np.array_equal(reloaded.amplitudes, train.amplitudes)
 # training set and stored with the model.
 
 # %%
-groups = grouping.group_neighbors(train.x_px, train.y_px, gridsize, neighbor_count=neighbor_count, seed=seed)
+groups = grouping.group_neighbors(
+    train.x_px, train.y_px, gridsize, neighbor_count=neighbor_count, seed=seed, object_index=train.object_index
+)
 chosen = groups.n_groups // 2
 fig = plotting.group_figure(
     train.obj, train.x_px, train.y_px, groups.indices[chosen], groups.offsets[chosen], patch_size,
@@ -196,7 +201,8 @@ print(f"input scale g = {g:.4g}")
 
 # %%
 metrics = {
-    "n_train": train.n_positions, "n_test": test.n_positions, "patch_size": patch_size, "nphotons": nphotons,
+    "n_train": train.n_positions, "n_test": test.n_positions, "n_objects": n_objects, "patch_size": patch_size,
+    "nphotons": nphotons,
     "train_object_shape": list(train.obj.shape), "test_object_shape": list(test.obj.shape),
     "mean_counts_train": float((train.amplitudes.astype(np.float64) ** 2).sum((1, 2)).mean()),
     "probe_diameter_px": diameter, "linear_overlap": overlap, "input_scale": g, "n_groups": groups.n_groups,

@@ -1,4 +1,7 @@
-"""``ptycholib evaluate --recon R --truth D [--json] [--window W] [--no-register] [--remove-ramp]``."""
+"""``ptycholib evaluate --recon R --truth D [--json] [--window W] [--no-register] [--remove-ramp]``.
+
+The registration shift is capped by ``--max-shift-px`` (default 3 px) and reported with its cap.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ _UNITS = {
     "phase_frc_half_bit": "x Nyquist",
     "phase_data_range": "rad",
     "shift_px": "px (rows, cols)",
+    "max_shift_px": "px",
     "phase_ramp_rad_per_px": "rad/px (rows, cols)",
     "global_phase_rad": "rad",
     "n_pixels": "px",
@@ -34,7 +38,8 @@ def register(subparsers):
         "evaluate",
         help="score a reconstruction against the true object (SSIM, PSNR, phase RMSE, FRC)",
         description="Compare the complex `object` of a reconstruction NPZ with `objectGuess` of a data NPZ over "
-        "the scanned region, after removing the global complex factor (and, by default, a sub-pixel shift). "
+        "the scanned region, after removing the global complex factor (and, by default, a sub-pixel shift of at "
+        "most --max-shift-px). "
         "SSIM and PSNR use the true object's range as data_range (SPEC section 10).",
     )
     parser.add_argument("--recon", required=True,
@@ -50,6 +55,13 @@ def register(subparsers):
         "(default: the reassembly crop size, %(default)s)",
     )
     parser.add_argument("--no-register", action="store_true", help="do not estimate and remove a sub-pixel shift")
+    parser.add_argument(
+        "--max-shift-px",
+        type=float,
+        default=metrics.DEFAULT_MAX_SHIFT_PX,
+        help="largest registration shift (norm, pixels) that may be removed; the output reports the shift, "
+        "the cap and whether the cap bound it (shift_capped). 'inf' removes the cap (default: %(default)s)",
+    )
     parser.add_argument("--remove-ramp", action="store_true", help="also remove a linear phase ramp")
     parser.add_argument(
         "--measurement",
@@ -75,6 +87,8 @@ def _load_truth(path, measurement):
 def _format(value):
     if isinstance(value, list):
         return ", ".join(_format(v) for v in value)
+    if value is None:
+        return "none"
     if isinstance(value, int):
         return str(value)
     return f"{value:.4g}"
@@ -90,10 +104,13 @@ def _evaluate(args):
         )
     if args.window < 1:
         raise ValueError(f"--window={args.window} must be >= 1 pixel.")
+    if not args.max_shift_px >= 0:  # also NaN
+        raise ValueError(f"--max-shift-px={args.max_shift_px} must be >= 0 pixels ('inf' for no cap).")
     mask = metrics.scanned_region_mask(dataset.x_px, dataset.y_px, obj.shape, args.window)
     scores = metrics.evaluate_reconstruction(
-        obj, dataset.obj, mask=mask, register=not args.no_register, remove_ramp=args.remove_ramp
-    )
+        obj, dataset.obj, mask=mask, register=not args.no_register, remove_ramp=args.remove_ramp,
+        max_shift_px=args.max_shift_px,
+    )  # fmt: skip
     scores["window_px"] = args.window
     if args.json:
         # JSON has no Infinity: a perfect PSNR becomes null.

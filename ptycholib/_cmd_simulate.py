@@ -1,4 +1,4 @@
-"""``ptycholib simulate --object lines --nphotons 1e6 --n-train N --n-test N --seed 0 --out DIR``."""
+"""``ptycholib simulate --object lines --nphotons 1e6 --n-train N --n-test N [--n-objects K] --seed 0 --out DIR``."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from ptycholib import data, simulate
 def register(subparsers):
     parser = subparsers.add_parser(
         "simulate",
-        help="simulate DIR/train.npz and DIR/test.npz (two objects, one probe)",
+        help="simulate DIR/train.npz and DIR/test.npz (different objects, one probe)",
         description="Simulate a training and a test set on two different random objects of one kind, with "
         "one probe and Poisson noise, and write them in ptycholib's NPZ contract (amplitudes under diff3d, "
-        "positions in object pixels, ground truth under objectGuess). The same arguments give bit-identical files.",
+        "positions in object pixels, ground truth under objectGuess). With --n-objects K the training set scans K "
+        "independent objects, tiles of one mosaic objectGuess separated by vacuum, and object_index names each "
+        "position's tile; the test set is always one held-out object. The same arguments give bit-identical files.",
     )
     parser.add_argument("--object", default="lines", choices=simulate.OBJECT_KINDS,
                         help="object kind (default: lines)")
@@ -22,6 +24,11 @@ def register(subparsers):
     parser.add_argument("--nphotons", type=float, default=1e9, help="mean counts per pattern (default: 1e9)")
     parser.add_argument("--n-train", type=int, default=2500, help="patterns in train.npz (default: 2500)")
     parser.add_argument("--n-test", type=int, default=900, help="patterns in test.npz (default: 900)")
+    parser.add_argument(
+        "--n-objects", type=int, default=1,
+        help="independent objects in train.npz, side by side on one mosaic canvas; the --n-train patterns are "
+        "split evenly between them and groups never mix them (default: 1)",
+    )  # fmt: skip
     parser.add_argument("--patch-size", type=int, default=64, choices=(64, 128, 256),
                         help="pattern size N in pixels (default: 64)")
     parser.add_argument("--step-px", type=float, default=4.0,
@@ -42,7 +49,7 @@ def register(subparsers):
 
 _SAME_NAMES = (
     "n_train", "n_test", "patch_size", "nphotons", "step_px", "scan", "jitter_px", "amplitude_only",
-    "beamstop_radius_px", "bad_pixel_fraction", "seed",
+    "beamstop_radius_px", "bad_pixel_fraction", "seed", "n_objects",
 )  # fmt: skip
 
 
@@ -56,8 +63,10 @@ def _simulate(args):
     for name, dataset in (("train", train), ("test", test)):
         path = data.save_npz(dataset, out / f"{name}.npz")
         rows, cols = dataset.obj.shape
+        n_objects = 1 if dataset.object_index is None else int(dataset.object_index.max()) + 1
+        objects = f"{args.object} object" if n_objects == 1 else f"{n_objects} {args.object} objects on a mosaic"
         print(
             f"wrote {path}: {dataset.n_positions} patterns of {dataset.patch_size} x {dataset.patch_size}, "
-            f"{args.object} object {rows} x {cols} px, {args.nphotons:g} photons per pattern, seed {args.seed}"
+            f"{objects} {rows} x {cols} px, {args.nphotons:g} photons per pattern, seed {args.seed}"
         )
     return 0

@@ -52,6 +52,7 @@ AMP_ACTIVATIONS = ("sigmoid", "swish", "softplus", "relu")
 MODEL_TYPES = ("pinn", "supervised")
 BACKENDS = ("torch", "tensorflow")
 SCHEDULES = ("constant", "linear", "cosine", "exponential")
+LR_SCHEDULES = ("constant", "plateau", "cosine", "onecycle")
 LOGGERS = ("csv", "mlflow", "none")
 PRECISIONS = ("32", "bf16-mixed")
 WEIGHTINGS = ("crop", "probe")
@@ -98,7 +99,10 @@ class ModelConfig:
     amp_activation : str
         Amplitude head: ``"sigmoid"``, ``"swish"``, ``"softplus"`` or ``"relu"``.
     object_big : bool
-        Merge a group's patches on one canvas inside the forward model (overlap constraint).
+        At gridsize > 1: True predicts C patches per group and merges them on one group canvas;
+        False (PtychoPINN's meaning) predicts **one** object per group and cuts every member's view
+        from it at the member's offset, the strongest overlap constraint (SPEC 4.4). No effect at
+        gridsize 1.
     probe_big : bool
         Predict the outer ring of each patch with an extra branch.
     probe_mask : bool
@@ -147,6 +151,11 @@ class ModelConfig:
     def n_channels(self):
         """C = gridsize**2, the number of patterns per group."""
         return self.gridsize**2
+
+    @property
+    def n_object_channels(self):
+        """Objects the network predicts per group: C, or 1 when ``object_big=False`` (SPEC 4.4)."""
+        return self.n_channels if self.object_big else 1
 
 
 @dataclass(frozen=True)
@@ -218,8 +227,28 @@ class TrainingConfig:
         Physics weight of the first epoch; the schedule ends at 1.
     validation_fraction : float
         Fraction of groups held out for the validation loss.
+    lr_schedule : str
+        Learning-rate schedule: ``"constant"``, ``"plateau"`` (times ``lr_plateau_factor`` after
+        ``lr_plateau_patience`` epochs without a lower monitored loss, PtychoPINN's
+        ReduceLROnPlateau), ``"cosine"`` (per step from ``learning_rate`` down to ``lr_min`` over the
+        run) or ``"onecycle"`` (per step, ``learning_rate/25`` up to ``learning_rate``, then down to
+        ``learning_rate/2.5e5``, as torch's OneCycleLR); the stage's ``learning_rate_factor``
+        multiplies it (`ptycholib.schedules`).
+    lr_plateau_factor : float
+        In (0, 1): ``"plateau"`` multiplies the learning rate by it on each plateau.
+    lr_plateau_patience : int
+        Epochs without a lower monitored loss (validation loss, or training loss without validation
+        groups) before ``"plateau"`` reduces the learning rate.
+    lr_min : float
+        Floor of the ``"plateau"`` and ``"cosine"`` schedules (before the stage factor); must be
+        below ``learning_rate`` for them.
+    lr_onecycle_pct_start : float
+        In (0, 1): fraction of the run's steps that ``"onecycle"`` spends rising to ``learning_rate``.
     early_stopping_patience : int or None
         Stop after this many epochs without a better validation loss; None disables it.
+    early_stopping_restore_best : bool
+        With early stopping, end training with the weights of the epoch of lowest validation loss
+        (``best_epoch`` of the last history record), whether or not training stopped early.
     accelerator, devices, strategy : str, int, str
         Where training runs (Lightning names; the TF backend maps them to a tf.distribute strategy).
     logger : str
@@ -253,7 +282,13 @@ class TrainingConfig:
     physics_weight_schedule: str = "constant"
     physics_weight_start: float = 1.0
     validation_fraction: float = 0.05
+    lr_schedule: str = "constant"
+    lr_plateau_factor: float = 0.5
+    lr_plateau_patience: int = 2
+    lr_min: float = 1e-4
+    lr_onecycle_pct_start: float = 0.3
     early_stopping_patience: int | None = None
+    early_stopping_restore_best: bool = True
     accelerator: str = "cpu"
     devices: int = 1
     strategy: str = "auto"
@@ -301,8 +336,27 @@ class TrainingConfig:
             _is_real(self.validation_fraction) and 0 <= self.validation_fraction < 1,
             f"validation_fraction={self.validation_fraction!r} must be in [0, 1).",
         )
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _require(
+            _is_real(self.lr_plateau_factor) and 0 < self.lr_plateau_factor < 1,
+            f"lr_plateau_factor={self.lr_plateau_factor!r} must be in (0, 1); 0.5 halves the learning rate "
+            "on a plateau.",
+        )
+        _check_positive_int("lr_plateau_patience", self.lr_plateau_patience)
+        _require(_is_real(self.lr_min) and self.lr_min >= 0, f"lr_min={self.lr_min!r} must be a number >= 0.")
+        if self.lr_schedule in ("plateau", "cosine"):
+            _require(
+                self.lr_min < self.learning_rate,
+                f"lr_min={self.lr_min!r} must be below learning_rate={self.learning_rate!r} for "
+                f"lr_schedule={self.lr_schedule!r}; lower lr_min (e.g. lr_min={self.learning_rate / 10:g}).",
+            )
+        _require(
+            _is_real(self.lr_onecycle_pct_start) and 0 < self.lr_onecycle_pct_start < 1,
+            f"lr_onecycle_pct_start={self.lr_onecycle_pct_start!r} must be in (0, 1).",
+        )
         if self.early_stopping_patience is not None:
             _check_positive_int("early_stopping_patience", self.early_stopping_patience)
+        _check_bool("early_stopping_restore_best", self.early_stopping_restore_best)
         _check_positive_int("devices", self.devices)
         _check_choice("logger", self.logger, LOGGERS)
         _check_choice("precision", self.precision, PRECISIONS)
@@ -387,7 +441,12 @@ def _as_stage(value):
 
 @dataclass(frozen=True)
 class EpochPlan:
-    """What one epoch trains with (both backends follow the same list)."""
+    """What one epoch trains with (both backends follow the same list).
+
+    ``learning_rate`` is ``TrainingConfig.learning_rate * learning_rate_factor``, the rate of a
+    ``"constant"`` schedule; other ``lr_schedule`` values multiply the stage's
+    ``learning_rate_factor`` with their own per-step value (`ptycholib.schedules`).
+    """
 
     epoch: int
     stage: int
@@ -395,6 +454,7 @@ class EpochPlan:
     physics_weight: float
     freeze_encoder: bool
     probe_trainable: bool
+    learning_rate_factor: float = 1.0
 
 
 def epoch_plan(training):
@@ -443,6 +503,7 @@ def epoch_plan(training):
                     physics_weight=p0 + (1.0 - p0) * ramp,
                     freeze_encoder=stage.freeze_encoder,
                     probe_trainable=probe,
+                    learning_rate_factor=stage.learning_rate_factor,
                 )
             )
     return plan
@@ -724,6 +785,8 @@ _TORCH_STYLE_RENAMES = {
     "n_groups": "n_groups",
     "intensity_scale_trainable": "intensity_scale_trainable",
     "probe_trainable": "probe_trainable",
+    "plateau_factor": "lr_plateau_factor",
+    "plateau_min_lr": "lr_min",
 }
 
 
@@ -733,7 +796,11 @@ def from_torch_style(torch_config, *, strict=True):
     Mapping: ``grid_size (g, g)`` -> ``gridsize`` (non-square raises), ``C`` checked against g²,
     ``K`` -> ``neighbor_count``, ``epochs`` -> ``nepochs``, ``mode`` Unsupervised/Supervised ->
     ``model_type``, ``amp_activation 'silu'`` -> ``'swish'``, ``nll`` (bool) -> ``nll_weight``,
-    ``probe_mask`` (bool) and the fields that share our names. Every other key is reported.
+    ``probe_mask`` (bool), ``scheduler='ReduceLROnPlateau'`` -> ``lr_schedule='plateau'`` with
+    ``plateau_factor``, ``plateau_patience`` (+1: torch's scheduler waits one epoch longer than
+    ptycholib's Keras-style count), ``plateau_min_lr`` -> ``lr_min`` and ``plateau_threshold=0``,
+    and the fields that share our names. Every other key (or value, e.g. another ``scheduler``)
+    is reported.
 
     Returns
     -------
@@ -775,6 +842,16 @@ def from_torch_style(torch_config, *, strict=True):
         elif key == "probe_mask":
             updates["probe_mask"] = bool(value) if isinstance(value, bool) else value is not None
             mapped[key] = "model.probe_mask"
+        elif key == "scheduler" and value == "ReduceLROnPlateau":
+            updates["lr_schedule"] = "plateau"
+            mapped[key] = "training.lr_schedule"
+        elif key == "plateau_patience" and value is not None:
+            # torch's ReduceLROnPlateau reduces after patience + 1 bad epochs, Keras's (ours) after patience.
+            _require(isinstance(value, int) and value >= 0, f"plateau_patience={value!r} must be an integer >= 0.")
+            updates["lr_plateau_patience"] = value + 1
+            mapped[key] = "training.lr_plateau_patience (+1: torch counts one more epoch)"
+        elif key == "plateau_threshold" and value == 0:
+            mapped[key] = "training.lr_schedule (threshold 0: any decrease is an improvement)"
         elif key in _TORCH_STYLE_RENAMES and value is not None:
             target = _TORCH_STYLE_RENAMES[key]
             updates[target] = value

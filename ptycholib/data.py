@@ -10,6 +10,13 @@ Measurement domain (SPEC 4.1): integer arrays are counts by definition; a float 
 ``measurement=`` argument, never guessed. ptychodus always stores counts.
 
 Files are read with ``allow_pickle=False`` and written atomically (temporary file, then rename).
+
+Several objects in one file (``simulate --n-objects K``): the K objects are tiles of one mosaic canvas
+``objectGuess``, side by side with a gap of vacuum (modulus 1, phase 0) so that no N x N window
+touches two tiles; positions are absolute on the mosaic, and the optional key ``object_index``
+``(M,)`` int64 names each position's tile (absent: every position belongs to object 0). Grouping
+never mixes objects (`ptycholib.grouping.group_neighbors`). Readers that ignore ``object_index`` see
+one large object, which is what reconstruction and evaluation use.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ _NPZ_KEYS = {
     "probe": "probeGuess",
     "obj": "objectGuess",
     "scan_index": "scan_index",
+    "object_index": "object_index",
     "bad_pixels": "bad_pixels",
     "metadata": "metadata",
 }
@@ -117,11 +125,15 @@ class PtychoData:
         the canvas: ``0 <= x_px <= cols - 1`` and ``0 <= y_px <= rows - 1``.
     scan_index : ndarray of shape (n_positions,), int64, optional
         Which object each pattern belongs to (PtychoPINN's convention); zeros when omitted.
+        Carried through files, not used by ptycholib (see ``object_index``).
     bad_pixels : ndarray of shape (N, N), bool, optional
         ``True`` marks detector pixels that were not measured (dead pixels, beamstop).
     metadata : dict
         JSON-serialisable provenance (``nphotons``, ``generator``, ``seed``, ...). NumPy scalars are
         converted to Python numbers.
+    object_index : ndarray of shape (n_positions,), int64, optional
+        Which object (tile of the mosaic ``obj``) each position belongs to, >= 0; groups of
+        neighbours never mix objects. ``None`` (the NPZ key absent) means one object: all 0.
 
     Raises
     ------
@@ -145,6 +157,7 @@ class PtychoData:
     scan_index: np.ndarray | None = None
     bad_pixels: np.ndarray | None = None
     metadata: dict = field(default_factory=dict)
+    object_index: np.ndarray | None = None
 
     def __post_init__(self):
         put = object.__setattr__
@@ -199,6 +212,24 @@ class PtychoData:
             check_shape(scan_index, ("n_positions",), _label("scan_index"))
             check_same_length(scan_index, _label("scan_index"), amplitudes, f"{_label('amplitudes')} ({n_positions} patterns)")
             put(self, "scan_index", scan_index.astype(np.int64, copy=False))
+
+        if self.object_index is not None:
+            object_index = np.asarray(self.object_index)
+            if object_index.dtype.kind not in "iu":
+                raise ValueError(
+                    f"{_label('object_index')} must hold integers (the object of each position); got dtype "
+                    f"{object_index.dtype}."
+                )
+            check_shape(object_index, ("n_positions",), _label("object_index"))
+            check_same_length(
+                object_index, _label("object_index"), amplitudes, f"{_label('amplitudes')} ({n_positions} patterns)"
+            )
+            negative = int(np.sum(object_index < 0))
+            if negative:
+                raise ValueError(
+                    f"{_label('object_index')} has {negative} negative values; object numbers must be >= 0."
+                )
+            put(self, "object_index", object_index.astype(np.int64, copy=False))
 
         if self.bad_pixels is not None:
             bad_pixels = np.asarray(self.bad_pixels)
@@ -259,6 +290,7 @@ class PtychoData:
             x_px=self.x_px[indices],
             y_px=self.y_px[indices],
             scan_index=self.scan_index[indices],
+            object_index=None if self.object_index is None else self.object_index[indices],
         )
 
 
@@ -412,7 +444,8 @@ def load_npz(path, *, measurement=None):
     ----------
     path : str or Path
         NPZ file with ``diff3d`` (or ``diffraction``), ``xcoords``, ``ycoords``, ``probeGuess`` and
-        optionally ``objectGuess``, ``scan_index``, ``bad_pixels`` and a JSON ``metadata`` string.
+        optionally ``objectGuess``, ``scan_index``, ``object_index``, ``bad_pixels`` and a JSON
+        ``metadata`` string.
     measurement : {"amplitude", "intensity"}, optional
         How to read a float pattern array; overrides the file's metadata (with a warning when they
         disagree). Integer arrays are counts and need no argument.
@@ -456,7 +489,10 @@ def load_npz(path, *, measurement=None):
         if n_modes > 1:
             metadata["probe_modes"] = n_modes
             metadata["probe_mode0_power_fraction"] = _mode_power_fraction(npz["probeGuess"])
-        for key, name in (("objectGuess", "obj"), ("scan_index", "scan_index"), ("bad_pixels", "bad_pixels")):
+        for key, name in (
+            ("objectGuess", "obj"), ("scan_index", "scan_index"), ("object_index", "object_index"),
+            ("bad_pixels", "bad_pixels"),
+        ):  # fmt: skip
             if key in keys:
                 fields[name] = _read_key(npz, key, where)
     domain = _resolve_measurement(patterns, pattern_key, where, measurement, metadata.get("measurement"))
@@ -472,7 +508,7 @@ def save_npz(data, path):
 
     Keys: ``diff3d`` (amplitudes), ``xcoords``, ``ycoords`` (plus ``xcoords_start`` and
     ``ycoords_start``, equal to them, which PtychoPINN readers expect), ``probeGuess``,
-    ``scan_index``, ``objectGuess`` and ``bad_pixels`` when present, and ``metadata`` as a JSON
+    ``scan_index``, ``objectGuess``, ``object_index`` and ``bad_pixels`` when present, and ``metadata`` as a JSON
     string with ``measurement="amplitude"``. No pickles. If writing fails, an existing file at
     ``path`` is left untouched and no partial file remains.
 
@@ -505,6 +541,8 @@ def save_npz(data, path):
         arrays["objectGuess"] = data.obj
     if data.bad_pixels is not None:
         arrays["bad_pixels"] = data.bad_pixels
+    if data.object_index is not None:
+        arrays["object_index"] = data.object_index
     # a unique name beside the target (same file system, so the rename is atomic); opened with the
     # usual permissions (umask), unlike tempfile.mkstemp's 0600
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")

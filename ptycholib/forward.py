@@ -16,6 +16,8 @@ __all__ = [
     "translate_bilinear",
     "extract_patches",
     "assemble_group_canvas",
+    "shared_object_views",
+    "group_views",
     "window_weights",
     "normalize_probe",
     "disk_mask",
@@ -198,6 +200,58 @@ def assemble_group_canvas(object_patches, offsets, weights):
     numerator = moved.sum(axis=2)
     denominator = moved_weights.sum(axis=2)
     return (numerator / np.where(denominator > 0, denominator, 1.0)).astype(object_patches.dtype)
+
+
+def shared_object_views(group_objects, offsets):
+    """Cut every member's view from the one object a group predicts (``object_big=False``).
+
+    Parameters
+    ----------
+    group_objects : ndarray of shape (B, 1, N, N), complex
+        One object per group, its window centre (index ``N // 2``) at the group's mean position.
+    offsets : ndarray of shape (B, C, 2)
+        Position minus group mean, in pixels, last axis ``(x, y)``.
+
+    Returns
+    -------
+    ndarray of shape (B, C, N, N), complex
+        ``view_j = T(-o_j)[O]``: member ``j`` sees the group object around its own position, so
+        ``view_j[r, c] = O(r + o_j.y, c + o_j.x)`` (bilinear, zeros outside). This is PtychoPINN's
+        ``object.big = False`` at gridsize > 1, the strongest form of the overlap constraint: all C
+        patterns must be explained by one object.
+    """
+    group_objects = np.asarray(group_objects)
+    offsets = np.asarray(offsets, dtype=np.float64)
+    if group_objects.ndim != 4 or group_objects.shape[1] != 1:
+        raise ValueError(f"group_objects must have shape (B, 1, N, N); got {group_objects.shape}.")
+    return translate_bilinear(group_objects, -offsets).astype(group_objects.dtype, copy=False)
+
+
+def group_views(model_config, object_patches, offsets):
+    """Return the patches the probe illuminates, as the model configuration says (SPEC 4.4).
+
+    Parameters
+    ----------
+    model_config : ptycholib.config.ModelConfig
+        Uses ``gridsize``, ``object_big``, ``N``, ``pad_object`` and ``probe_big``.
+    object_patches : ndarray of shape (B, K, N, N), complex
+        The network's output: ``K = C`` patches per group, or ``K = 1`` object per group when
+        ``object_big=False`` at gridsize > 1 (``model_config.n_object_channels``).
+    offsets : ndarray of shape (B, C, 2)
+
+    Returns
+    -------
+    ndarray of shape (B, C, N, N), complex
+        `assemble_group_canvas` (``object_big``), `shared_object_views` (not ``object_big``), or the
+        patches themselves at gridsize 1.
+    """
+    cfg = model_config
+    if cfg.gridsize == 1:
+        return np.asarray(object_patches)
+    if cfg.object_big:
+        weights = window_weights(cfg.N, pad_object=cfg.pad_object, probe_big=cfg.probe_big)
+        return assemble_group_canvas(object_patches, offsets, weights)
+    return shared_object_views(object_patches, offsets)
 
 
 def disk_mask(patch_size, radius=None):

@@ -4,7 +4,9 @@ With ``gridsize = g`` the network sees ``C = g**2`` neighbouring patterns at onc
 their offsets from the group mean. Groups are drawn from each seed position's ``K`` nearest
 neighbours (``K = neighbor_count >= C``), as in PtychoPINN; when more groups than positions are
 requested, different C-subsets of the same neighbourhood are used ("K choose C" oversampling).
-Everything is vectorised and deterministic for a seed.
+With several objects in one data set (``object_index``), neighbourhoods are searched within each
+position's own object, so a group never mixes objects. Everything is vectorised and deterministic
+for a seed.
 """
 
 from __future__ import annotations
@@ -69,6 +71,39 @@ def _positions(x_px, y_px):
     return np.stack([x_px, y_px], axis=1)
 
 
+def _object_index(object_index, n_positions):
+    """Validate ``object_index``; return it as int64, or None when every position is on one object."""
+    if object_index is None:
+        return None
+    object_index = np.asarray(object_index)
+    if object_index.dtype.kind not in "iu":
+        raise ValueError(
+            f"object_index must hold integers (the object of each position); got dtype {object_index.dtype}."
+        )
+    if object_index.shape != (n_positions,):
+        raise ValueError(
+            f"object_index has shape {object_index.shape}; it needs one entry per position, shape ({n_positions},)."
+        )
+    if n_positions and object_index.min() < 0:
+        negative = int(np.sum(object_index < 0))
+        raise ValueError(f"object_index has {negative} negative values; objects are numbered >= 0.")
+    object_index = object_index.astype(np.int64, copy=False)
+    return None if n_positions == 0 or np.all(object_index == object_index[0]) else object_index
+
+
+def _nearest_neighbours(positions, seeds, neighbor_count, object_index):
+    """The ``neighbor_count`` nearest positions of each seed, among the positions of the seed's object."""
+    if object_index is None:
+        return cKDTree(positions).query(positions[seeds], k=neighbor_count)[1].astype(np.int64)
+    neighbours = np.empty((len(seeds), neighbor_count), dtype=np.int64)
+    for obj in np.unique(object_index[seeds]):  # one tree per object: a few objects, not one per patch
+        members = np.flatnonzero(object_index == obj)
+        chosen = object_index[seeds] == obj
+        _, found = cKDTree(positions[members]).query(positions[seeds[chosen]], k=neighbor_count)
+        neighbours[chosen] = members[found]
+    return neighbours
+
+
 def _make_groups(positions, indices, seeds):
     members = positions[indices]  # (G, C, 2)
     centres = members.mean(axis=1)
@@ -97,7 +132,9 @@ def _unrank_combinations(ranks, k, c):
     return out
 
 
-def group_neighbors(x_px, y_px, gridsize, *, neighbor_count, n_groups=None, seed=0, sequential=False):
+def group_neighbors(
+    x_px, y_px, gridsize, *, neighbor_count, n_groups=None, seed=0, sequential=False, object_index=None
+):
     """Group scan positions into sets of ``C = gridsize**2`` nearby positions.
 
     Parameters
@@ -119,6 +156,12 @@ def group_neighbors(x_px, y_px, gridsize, *, neighbor_count, n_groups=None, seed
         No randomness: group ``i`` is seeded by position ``i % n_positions`` and takes the
         ``i // n_positions``-th subset in lexicographic order, so the first ``n_positions`` groups
         are every position with its C nearest neighbours (what inference uses).
+    object_index : ndarray of shape (n_positions,), int, optional
+        The object (tile of a mosaic canvas, see `ptycholib.data.PtychoData`) of each position.
+        A seed's K nearest neighbours are searched among the positions of its own object only, so
+        every group's members share one object; seeds, subsets and ``n_groups`` (the total over all
+        objects) are drawn exactly as without it. ``None`` or a single value: one object, the
+        same groups as before.
 
     Returns
     -------
@@ -127,8 +170,9 @@ def group_neighbors(x_px, y_px, gridsize, *, neighbor_count, n_groups=None, seed
     Raises
     ------
     ValueError
-        If ``gridsize < 1``, ``neighbor_count < C``, ``neighbor_count > n_positions``, or
-        ``n_groups`` exceeds what the positions can form (the message gives the limit).
+        If ``gridsize < 1``, ``neighbor_count < C``, ``neighbor_count > n_positions`` (or than
+        the positions of one object), ``n_groups`` exceeds what the positions can form (the
+        message gives the limit), or ``object_index`` is not one non-negative integer per position.
 
     Examples
     --------
@@ -139,6 +183,7 @@ def group_neighbors(x_px, y_px, gridsize, *, neighbor_count, n_groups=None, seed
     """
     positions = _positions(x_px, y_px)
     n_positions = len(positions)
+    object_index = _object_index(object_index, n_positions)
     if int(gridsize) != gridsize or gridsize < 1:
         raise ValueError(f"gridsize must be a positive integer; got {gridsize!r}.")
     channels = int(gridsize) ** 2
@@ -175,6 +220,15 @@ def group_neighbors(x_px, y_px, gridsize, *, neighbor_count, n_groups=None, seed
             f"neighbor_count={neighbor_count} and gridsize={gridsize} ({n_positions} seeds x comb({neighbor_count}, "
             f"{channels}) = {subsets} subsets); raise neighbor_count or lower n_groups."
         )
+    if object_index is not None:
+        objects, sizes = np.unique(object_index, return_counts=True)
+        if sizes.min() < neighbor_count:
+            smallest = int(np.argmin(sizes))
+            raise ValueError(
+                f"object {objects[smallest]} has {sizes[smallest]} scan positions but neighbor_count={neighbor_count}; "
+                f"groups stay within one object, so lower neighbor_count to at most {sizes[smallest]} (and at least "
+                f"{channels}) or give every object more positions."
+            )
     if limit >= 2**62:
         raise ValueError(f"neighbor_count={neighbor_count} gives too many subsets to enumerate; lower it.")
 
@@ -186,9 +240,9 @@ def group_neighbors(x_px, y_px, gridsize, *, neighbor_count, n_groups=None, seed
     else:
         ids = np.sort(rng.choice(limit, n_groups, replace=False)).astype(np.int64)
     seeds, ranks = ids % n_positions, ids // n_positions
-    _, neighbours = cKDTree(positions).query(positions[seeds], k=neighbor_count)
+    neighbours = _nearest_neighbours(positions, seeds, neighbor_count, object_index)
     columns = _unrank_combinations(ranks, neighbor_count, channels)
-    indices = np.take_along_axis(neighbours.astype(np.int64), columns, axis=1)
+    indices = np.take_along_axis(neighbours, columns, axis=1)
     return _make_groups(positions, indices, seeds)
 
 

@@ -12,6 +12,7 @@ arrays for error maps and FRC curves (notebook 04).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,8 @@ __all__ = [
     "scanned_region_mask",
     "align_to_truth",
     "evaluate_reconstruction",
+    "constant_object_baseline",
+    "DEFAULT_MAX_SHIFT_PX",
 ]
 
 # van Heel & Schatz (2005), eq. 17: information threshold of 1/2 bit per ring.
@@ -159,24 +162,86 @@ def _shift_image(image, shift_rc, method):
     raise ValueError(f"method={method!r} is not supported; allowed values: 'fourier', 'bilinear'.")
 
 
-def _estimate_shift(recon, truth, mask, upsample_factor):
-    from skimage.registration import phase_cross_correlation
+DEFAULT_MAX_SHIFT_PX = 3.0
+"""Default cap on the registration shift (px): more than a few pixels is a wrong model, not a drift."""
 
+
+def _check_max_shift(max_shift_px):
+    if max_shift_px is None:
+        return math.inf
+    if isinstance(max_shift_px, bool) or not isinstance(max_shift_px, (int, float, np.integer, np.floating)):
+        raise ValueError(f"max_shift_px={max_shift_px!r} must be a number of pixels >= 0 (or None for no cap).")
+    if math.isnan(max_shift_px) or max_shift_px < 0:
+        raise ValueError(
+            f"max_shift_px={max_shift_px!r} must be >= 0 pixels (0 disables the shift, None removes the cap)."
+        )
+    return float(max_shift_px)
+
+
+def _upsampled_dft(spectrum, region_size, upsample_factor, offsets):
+    """Inverse DFT of ``spectrum`` sampled on a ``region_size`` grid of step ``1 / upsample_factor`` px.
+
+    The grid starts at ``offsets`` (in upsampled pixels, per axis); what scikit-image's
+    ``phase_cross_correlation`` does for its sub-pixel refinement (Guizar-Sicairos et al. 2008).
+    """
+    out = spectrum
+    for axis in range(spectrum.ndim)[::-1]:  # columns first, then rows; keeps the result (region, region)
+        samples = np.arange(region_size) - offsets[axis]
+        kernel = np.exp(-2j * np.pi * samples[:, None] * np.fft.fftfreq(spectrum.shape[axis], upsample_factor))
+        out = np.tensordot(kernel, out, axes=(1, -1))
+    return out
+
+
+def _estimate_shift(recon, truth, mask, upsample_factor, max_shift_px=math.inf):
+    """Return ``(shift, capped)``: the registration shift inside the cap and whether the cap bound it."""
     if min(mask.shape) < 2:
         raise ValueError(f"registration needs images of at least 2 x 2 pixels; got {mask.shape}.")
+    if int(upsample_factor) != upsample_factor or upsample_factor < 1:
+        raise ValueError(f"upsample_factor={upsample_factor!r} must be a positive integer.")
+    upsample_factor = int(upsample_factor)
     moving = np.where(mask, recon, 0)
     if not np.any(moving):  # nothing reconstructed: no shift to find
-        return np.zeros(2)
-    # Plain (unwhitened) cross-correlation: phase correlation whitens the noise of a reconstruction
-    # too and returned shifts of tens of pixels on noisy test images.
-    shift, _, _ = phase_cross_correlation(
-        np.where(mask, truth, 0), moving, upsample_factor=int(upsample_factor), normalization=None
-    )
-    return np.asarray(shift, dtype=np.float64)
+        return np.zeros(2), False
+    # Plain (unwhitened) cross-correlation, as skimage's phase_cross_correlation with
+    # normalization=None: phase correlation whitens the noise of a reconstruction too and returned
+    # shifts of tens of pixels on noisy test images. The peak is searched only within the cap: an
+    # unbounded search lets a poor reconstruction slide onto whatever part of the truth it
+    # resembles most (an untrained model chose (58, -25) px) and flatters its scores.
+    spectrum = np.fft.fft2(np.where(mask, truth, 0).astype(np.complex128)) * np.conj(np.fft.fft2(moving))
+    correlation = np.abs(np.fft.ifft2(spectrum))
+    shift_rows = np.fft.fftfreq(mask.shape[0]) * mask.shape[0]  # circular lags, wrapped to [-n/2, n/2)
+    shift_cols = np.fft.fftfreq(mask.shape[1]) * mask.shape[1]
+    inside = np.hypot(shift_rows[:, None], shift_cols[None, :]) <= max_shift_px
+    best = np.unravel_index(np.argmax(np.where(inside, correlation, -np.inf)), correlation.shape)
+    best_anywhere = np.unravel_index(np.argmax(correlation), correlation.shape)
+
+    def refine(peak):
+        shift = np.array([shift_rows[peak[0]], shift_cols[peak[1]]])
+        if upsample_factor == 1:
+            return shift
+        # skimage's refinement, on a +-1 px square around the peak rather than +-0.75 px: at the cap
+        # the best whole-pixel shift inside may be the corner of the true peak's pixel cell that lies
+        # up to 1 px away from it
+        region = 2 * upsample_factor + 1
+        centre = float(upsample_factor)
+        upsampled = np.abs(_upsampled_dft(np.conj(spectrum), region, upsample_factor, centre - shift * upsample_factor))
+        fine = np.array(np.unravel_index(np.argmax(upsampled), upsampled.shape), dtype=np.float64)
+        return shift + (fine - centre) / upsample_factor
+
+    shift = refine(best)
+    # Capped: the best shift overall, refined, lies outside the cap.
+    capped = bool(not inside[best_anywhere] and np.hypot(*refine(best_anywhere)) > max_shift_px)
+    norm = float(np.hypot(*shift))
+    if norm > max_shift_px:  # the sub-pixel step may leave the disk by a fraction of a pixel
+        shift = shift * (max_shift_px / norm)
+        capped = True
+    return shift.astype(np.float64), capped
 
 
-def register_subpixel(recon, truth, *, upsample_factor=20, mask=None, method="fourier"):
-    """Shift a reconstruction onto the truth with sub-pixel accuracy.
+def register_subpixel(
+    recon, truth, *, upsample_factor=20, mask=None, method="fourier", max_shift_px=DEFAULT_MAX_SHIFT_PX
+):
+    """Shift a reconstruction onto the truth with sub-pixel accuracy, by at most ``max_shift_px``.
 
     Parameters
     ----------
@@ -191,6 +256,11 @@ def register_subpixel(recon, truth, *, upsample_factor=20, mask=None, method="fo
     method : {"fourier", "bilinear"}
         How the shift is applied: Fourier phase ramp (exact for band-limited images, periodic at the
         borders) or `ptycholib.forward.translate_bilinear` (zeros enter at the borders).
+    max_shift_px : float or None
+        Largest shift (Euclidean norm, pixels) the registration may apply; default 3. The
+        cross-correlation peak is searched only among the whole-pixel shifts inside this disk, then
+        refined to sub-pixel precision, and a refined shift that leaves the disk is pulled back onto
+        its edge. ``None`` searches every shift (what scikit-image does), ``0`` never shifts.
 
     Returns
     -------
@@ -198,10 +268,28 @@ def register_subpixel(recon, truth, *, upsample_factor=20, mask=None, method="fo
         ``recon`` moved by ``shift``.
     shift : ndarray of shape (2,), float64
         ``(rows, cols)`` shift in pixels applied to ``recon`` (scikit-image's order and sign:
-        ``registered[r, c] = recon(r - shift[0], c - shift[1])``).
+        ``registered[r, c] = recon(r - shift[0], c - shift[1])``); its norm is at most
+        ``max_shift_px``.
+
+    Notes
+    -----
+    An unbounded search lets a poor reconstruction slide onto whatever part of the truth it
+    resembles most and so flatters its scores: on an untrained model it chose a shift of
+    (58, -25) px. Errors of a trained model's positions are a pixel or two, hence the cap.
+
+    Examples
+    --------
+    >>> truth = np.zeros((32, 32)); truth[10:14, 12:20] = 1.0
+    >>> near = np.roll(truth, (1, -2), axis=(0, 1))
+    >>> register_subpixel(near, truth)[1].tolist()
+    [-1.0, 2.0]
+    >>> far = np.roll(truth, (0, 9), axis=(0, 1))  # beyond the cap: not undone
+    >>> bool(np.hypot(*register_subpixel(far, truth)[1]) <= 3.0)
+    True
     """
     recon, truth = _pair(recon, truth)
-    shift = _estimate_shift(recon, truth, _as_mask(mask, recon.shape), upsample_factor)
+    cap = _check_max_shift(max_shift_px)
+    shift, _ = _estimate_shift(recon, truth, _as_mask(mask, recon.shape), upsample_factor, cap)
     if not np.any(shift):
         return recon.copy(), shift
     return _shift_image(recon, shift, method).astype(recon.dtype, copy=False), shift
@@ -446,11 +534,18 @@ class Alignment:
     bbox : tuple of int
         ``(row_start, row_stop, col_start, col_stop)`` on the full canvas.
     shift_px : tuple of float
-        ``(rows, cols)`` shift applied to the reconstruction (0 without registration).
+        ``(rows, cols)`` shift applied to the reconstruction (0 without registration); its norm is
+        at most ``max_shift_px``.
     phase_ramp_rad_per_px : tuple of float
         ``(rows, cols)`` slopes removed (0 without ramp removal).
     factor : complex
         Global factor the reconstruction was multiplied by.
+    max_shift_px : float
+        The cap on the shift's norm (``inf`` without a cap, 0 without registration).
+    shift_capped : bool
+        True when the cap bound the shift: the best whole-pixel shift overall lies outside it, or
+        the sub-pixel refinement was pulled back onto its edge. Scores of such a reconstruction
+        are those of its best placement within the cap, not the best overall.
     """
 
     recon: np.ndarray
@@ -460,6 +555,8 @@ class Alignment:
     shift_px: tuple
     phase_ramp_rad_per_px: tuple
     factor: complex
+    max_shift_px: float = DEFAULT_MAX_SHIFT_PX
+    shift_capped: bool = False
 
     def amplitudes(self):
         """Return ``(recon_amplitude, truth_amplitude)``."""
@@ -475,7 +572,10 @@ class Alignment:
         return truth_phase + _wrapped_phase_difference(self.recon, self.truth), truth_phase
 
 
-def align_to_truth(recon, truth, *, mask=None, register=True, remove_ramp=False, upsample_factor=20):
+def align_to_truth(
+    recon, truth, *, mask=None, register=True, remove_ramp=False, upsample_factor=20,
+    max_shift_px=DEFAULT_MAX_SHIFT_PX,
+):  # fmt: skip
     """Cut to the scanned region and remove the ambiguities of a reconstruction: shift, ramp, factor.
 
     Parameters
@@ -492,12 +592,16 @@ def align_to_truth(recon, truth, *, mask=None, register=True, remove_ramp=False,
         moves the cross-correlation peak) and refined after it.
     upsample_factor : int
         Registration precision, ``1 / upsample_factor`` pixel.
+    max_shift_px : float or None
+        Largest registration shift (norm, pixels; default 3, ``None`` for no cap): see
+        `register_subpixel`. ``Alignment.shift_capped`` says whether the cap bound it.
 
     Returns
     -------
     Alignment
     """
     recon, truth = _pair(recon, truth)
+    cap = _check_max_shift(max_shift_px)
     mask = _as_mask(mask, recon.shape)
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
@@ -506,6 +610,7 @@ def align_to_truth(recon, truth, *, mask=None, register=True, remove_ramp=False,
     box_mask = mask[box]
     truth_box = truth[box].astype(np.complex128)
     shift = np.zeros(2)
+    capped = False
     ramp = np.zeros(2)
     if remove_ramp:
         # A phase ramp moves the cross-correlation peak: take it out before registering.
@@ -513,7 +618,7 @@ def align_to_truth(recon, truth, *, mask=None, register=True, remove_ramp=False,
         row_index, col_index = np.indices(recon.shape)
         recon = recon * np.exp(1j * (ramp[0] * row_index + ramp[1] * col_index))
     if register:
-        shift = _estimate_shift(recon[box], truth_box, box_mask, upsample_factor)
+        shift, capped = _estimate_shift(recon[box], truth_box, box_mask, upsample_factor, cap)
         if np.any(shift):
             recon = _shift_image(recon.astype(np.complex128), shift, "fourier")
     recon_box = recon[box].astype(np.complex128)
@@ -529,6 +634,8 @@ def align_to_truth(recon, truth, *, mask=None, register=True, remove_ramp=False,
         shift_px=(float(shift[0]), float(shift[1])),
         phase_ramp_rad_per_px=(float(ramp[0]), float(ramp[1])),
         factor=factor,
+        max_shift_px=cap if register else 0.0,
+        shift_capped=capped,
     )
 
 
@@ -538,7 +645,10 @@ def _truth_range(image, fallback):
     return spread if spread > 1e-12 * max(scale, 1.0) else fallback
 
 
-def evaluate_reconstruction(recon, truth, *, mask=None, register=True, remove_ramp=False, upsample_factor=20):
+def evaluate_reconstruction(
+    recon, truth, *, mask=None, register=True, remove_ramp=False, upsample_factor=20,
+    max_shift_px=DEFAULT_MAX_SHIFT_PX,
+):  # fmt: skip
     """Score a complex reconstruction against the truth over the scanned region.
 
     Parameters
@@ -547,8 +657,10 @@ def evaluate_reconstruction(recon, truth, *, mask=None, register=True, remove_ra
         On the same object grid (SPEC section 3).
     mask : ndarray of shape (rows, cols), bool, optional
         Scanned region; the metrics use its bounding box and average over its pixels. Default: all.
-    register, remove_ramp, upsample_factor
-        See `align_to_truth`; the global complex factor is always removed.
+    register, remove_ramp, upsample_factor, max_shift_px
+        See `align_to_truth`; the global complex factor is always removed. The registration shift
+        is capped at ``max_shift_px`` (default 3 px) so that a poor reconstruction cannot improve
+        its scores by sliding onto another part of the truth.
 
     Returns
     -------
@@ -565,7 +677,10 @@ def evaluate_reconstruction(recon, truth, *, mask=None, register=True, remove_ra
           phase (amplitude-only objects), the truth's maximum amplitude (or 1) for a constant amplitude;
         - ``shift_px`` ``[rows, cols]``, ``phase_ramp_rad_per_px`` ``[rows, cols]``, ``global_scale``,
           ``global_phase_rad``: what was removed; ``n_pixels`` and ``bbox`` (row start, stop, col start,
-          stop): where it was scored.
+          stop): where it was scored;
+        - ``max_shift_px``: the cap on the shift's norm (``None`` when uncapped, 0 without
+          registration); ``shift_capped``: whether the cap bound the shift (then the scores are
+          those of the best placement within the cap, and the reconstruction is probably poor).
 
     Notes
     -----
@@ -580,8 +695,9 @@ def evaluate_reconstruction(recon, truth, *, mask=None, register=True, remove_ra
     (1.0, 0.0)
     """
     aligned = align_to_truth(
-        recon, truth, mask=mask, register=register, remove_ramp=remove_ramp, upsample_factor=upsample_factor
-    )
+        recon, truth, mask=mask, register=register, remove_ramp=remove_ramp, upsample_factor=upsample_factor,
+        max_shift_px=max_shift_px,
+    )  # fmt: skip
     recon_amplitude, truth_amplitude = aligned.amplitudes()
     recon_phase, truth_phase = aligned.phases()
     inside = aligned.mask
@@ -603,9 +719,54 @@ def evaluate_reconstruction(recon, truth, *, mask=None, register=True, remove_ra
         "amplitude_data_range": amplitude_range,
         "phase_data_range": phase_range,
         "shift_px": list(aligned.shift_px),
+        "max_shift_px": aligned.max_shift_px if math.isfinite(aligned.max_shift_px) else None,
+        "shift_capped": aligned.shift_capped,
         "phase_ramp_rad_per_px": list(aligned.phase_ramp_rad_per_px),
         "global_scale": float(abs(aligned.factor)),
         "global_phase_rad": float(np.angle(aligned.factor)),
         "n_pixels": int(inside.sum()),
         "bbox": list(aligned.bbox),
     }
+
+
+def constant_object_baseline(truth, *, mask=None, **options):
+    """Score a constant object against the truth: the reference for "nothing learned".
+
+    A reconstruction that learned nothing about the object is, at best, flat. Its scores are the
+    floor that any quality claim must clear with a margin: SSIM does not start at 0 (a flat image
+    keeps the luminance term and part of the contrast term), so "SSIM 0.3" alone says little.
+
+    Parameters
+    ----------
+    truth : ndarray of shape (rows, cols), complex
+        Ground-truth object.
+    mask : ndarray of shape (rows, cols), bool, optional
+        Scanned region, as given to `evaluate_reconstruction` (default: all).
+    **options
+        ``register``, ``remove_ramp``, ``upsample_factor``, ``max_shift_px``: passed to
+        `evaluate_reconstruction`; use the same ones as for the reconstruction it is compared with.
+
+    Returns
+    -------
+    dict of str
+        `evaluate_reconstruction`'s scores of the object whose modulus is the truth's mean
+        amplitude over the mask everywhere and whose phase is 0. The global complex factor is
+        removed before scoring, so any other constant scores the same.
+
+    Notes
+    -----
+    On the 'lines' test object (notebook 02's parameters) the amplitude SSIM of the constant is
+    about 0.25 (tests/test_metrics.py checks that it stays below 0.35).
+
+    Examples
+    --------
+    >>> r = np.arange(64)
+    >>> truth = 1 + 0.5 * np.sin(r / 3)[:, None] * np.cos(r / 4)[None, :]
+    >>> round(constant_object_baseline(truth)["amplitude_ssim"], 2)
+    0.03
+    """
+    truth = _as_image(truth, "truth")
+    region = _as_mask(mask, truth.shape)
+    level = float(np.mean(np.abs(truth[region]))) or 1.0
+    constant = np.full(truth.shape, level, dtype=np.complex128)
+    return evaluate_reconstruction(constant, truth, mask=mask, **options)

@@ -82,7 +82,7 @@ def make_physics_inputs(model_config, *, batch=2, seed=0):
     Returns
     -------
     dict
-        ``object_patches`` (B, C, N, N) complex64 (amplitude in [0.2, 1], phase in [-pi, pi)),
+        ``object_patches`` (B, K, N, N) complex64 (K = ``model_config.n_object_channels``) (amplitude in [0.2, 1], phase in [-pi, pi)),
         ``offsets`` (B, C, 2) float64 in [-6, 6) px, ``probe`` (N, N) complex64 (a diffuser probe:
         Gaussian envelope of width N/8 times a random phase, so its far field fills the detector and
         no pixel is dark), ``intensity_scale`` float, ``amplitudes`` (B, C, N, N) float32 (measured: the
@@ -91,7 +91,7 @@ def make_physics_inputs(model_config, *, batch=2, seed=0):
     """
     rng = np.random.default_rng(seed)
     size, channels = model_config.N, model_config.gridsize**2
-    shape = (batch, channels, size, size)
+    shape = (batch, model_config.n_object_channels, size, size)
     object_patches = (rng.uniform(0.2, 1.0, shape) * np.exp(1j * rng.uniform(-np.pi, np.pi, shape))).astype(np.complex64)
     offsets = rng.uniform(-6.0, 6.0, (batch, channels, 2))
     coords = np.arange(size) - size // 2
@@ -99,7 +99,7 @@ def make_physics_inputs(model_config, *, batch=2, seed=0):
     probe = (np.exp(-r2 / (2 * (size / 8) ** 2)) * np.exp(1j * rng.uniform(-np.pi, np.pi, (size, size)))).astype(np.complex64)
     intensity_scale = 37.5
     reference = _reference_forward(model_config, object_patches, offsets, probe, intensity_scale)
-    amplitudes = (reference["amplitudes"] * rng.uniform(0.8, 1.2, shape)).astype(np.float32)
+    amplitudes = (reference["amplitudes"] * rng.uniform(0.8, 1.2, reference["amplitudes"].shape)).astype(np.float32)
     energy = np.mean(np.sum(amplitudes.astype(np.float64) ** 2, axis=(-2, -1)))
     inputs = (amplitudes * (size / 2) / np.sqrt(energy)).astype(np.float32)
     return {
@@ -114,10 +114,7 @@ def make_physics_inputs(model_config, *, batch=2, seed=0):
 
 def _reference_forward(model_config, object_patches, offsets, probe, intensity_scale):
     cfg = model_config
-    views = object_patches
-    if cfg.object_big and cfg.gridsize > 1:
-        weights = forward.window_weights(cfg.N, pad_object=cfg.pad_object, probe_big=cfg.probe_big)
-        views = forward.assemble_group_canvas(object_patches, offsets, weights)
+    views = forward.group_views(cfg, object_patches, offsets)
     exit_wave = forward.illuminate(
         views, probe, probe_scale=cfg.probe_scale, probe_mask=cfg.probe_mask,
         gaussian_smoothing_sigma=cfg.gaussian_smoothing_sigma,
@@ -149,9 +146,11 @@ def compare_forward_model(backend, model_config, *, batch=2, seed=0):
     data = make_physics_inputs(cfg, batch=batch, seed=seed)
     reference = _reference_forward(cfg, data["object_patches"], data["offsets"], data["probe"], data["intensity_scale"])
     views = module.to_tensor(data["object_patches"])
-    if cfg.object_big and cfg.gridsize > 1:
+    if cfg.gridsize > 1 and cfg.object_big:
         weights = forward.window_weights(cfg.N, pad_object=cfg.pad_object, probe_big=cfg.probe_big)
         views = module.assemble_group_canvas(views, data["offsets"], module.to_tensor(weights))
+    elif cfg.gridsize > 1:
+        views = module.shared_object_views(views, data["offsets"])
     exit_wave = module.illuminate(
         views, module.to_tensor(data["probe"]), probe_scale=cfg.probe_scale, probe_mask=cfg.probe_mask,
         gaussian_smoothing_sigma=cfg.gaussian_smoothing_sigma,
@@ -343,10 +342,15 @@ class ParityRow:
 
 
 def standard_model_configs(*, smoke=False):
-    """Model configurations the parity study covers: N 64 and 128, gridsize 1 and 2, pad_object/probe_big on and off."""
+    """Model configurations the parity study covers: N 64 and 128, gridsize 1 and 2, pad_object/probe_big on and
+    off, and at gridsize 2 both meanings of object_big (C merged patches, or one object per group)."""
     from .config import ModelConfig
 
-    configs = [ModelConfig(N=64, gridsize=2, n_filters_scale=1), ModelConfig(N=64, gridsize=1, n_filters_scale=1)]
+    configs = [
+        ModelConfig(N=64, gridsize=2, n_filters_scale=1),
+        ModelConfig(N=64, gridsize=2, n_filters_scale=1, object_big=False),
+        ModelConfig(N=64, gridsize=1, n_filters_scale=1),
+    ]
     if not smoke:
         configs += [
             ModelConfig(N=64, gridsize=2, n_filters_scale=1, pad_object=False),
@@ -358,6 +362,8 @@ def standard_model_configs(*, smoke=False):
 
 def _describe(model_config):
     flags = [name for name in ("pad_object", "probe_big") if getattr(model_config, name)]
+    if model_config.gridsize > 1 and not model_config.object_big:
+        flags.append("one object per group")
     return f"N={model_config.N}, gridsize {model_config.gridsize}, {' + '.join(flags) or 'plain'}"
 
 

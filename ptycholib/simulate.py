@@ -11,6 +11,7 @@ Used in notebook 02, the ``ptycholib simulate`` command and the ``simulate`` ben
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import numpy as np
@@ -708,13 +709,25 @@ def simulate_train_test(
     noise=True,
     seed=0,
     workers=None,
+    n_objects=1,
 ):
-    """Simulate a training set and a test set on two different objects of one kind, with one probe.
+    """Simulate a training set and a test set on different objects of one kind, with one probe.
 
     Each set's canvas is the smallest that holds its scan (`scan_canvas_shape`). Randomness comes
     from independent streams of ``np.random.SeedSequence(seed)``: detector mask, then per set the
     object, the scan jitter and the noise. The training set therefore does not change when only
     ``n_test`` changes, and the same arguments give bit-identical data.
+
+    With ``n_objects = K > 1`` the training set scans K independent objects, so that a model sees
+    more than one sample. They are tiles of one mosaic canvas ``obj``, side by side along the
+    columns with a gap of ``N // 2`` px of vacuum (modulus 1, phase 0) between them; each tile is
+    the canvas of a scan of ``ceil(n_train / K)`` positions, tile k holds ``n_train // K`` or one
+    more positions (the total stays ``n_train``, so the cost does not change), every N x N window
+    lies inside its own tile, and positions are absolute on the mosaic.
+    ``train.object_index`` names each position's tile (0 .. K-1, tile by tile, scan order within
+    a tile); grouping never mixes tiles. The test set is always one held-out object (notebook 04
+    evaluates on one object), and ``n_objects=1`` gives exactly the data of earlier versions
+    (``object_index`` is ``None``).
 
     Parameters
     ----------
@@ -741,25 +754,36 @@ def simulate_train_test(
     seed : int
     workers : int, optional
         ``scipy.fft`` threads.
+    n_objects : int
+        K, the number of independent objects of the training set (1 to ``n_train``).
 
     Returns
     -------
     train, test : PtychoData
-        Each with its own ground-truth object; metadata records every argument.
+        Each with its own ground-truth object (the training set's a mosaic when ``n_objects > 1``);
+        metadata records every argument and the set's own ``n_objects``.
 
     Examples
     --------
     >>> train, test = simulate_train_test(n_train=9, n_test=4, nphotons=1e6, seed=1)
     >>> train.n_positions, test.n_positions, train.obj.shape != test.obj.shape
     (9, 4, True)
+    >>> train, _ = simulate_train_test(n_train=9, n_test=4, nphotons=1e6, seed=1, n_objects=3)
+    >>> train.object_index.tolist(), train.obj.shape
+    ([0, 0, 0, 1, 1, 1, 2, 2, 2], (68, 268))
     """
     _choice(object_kind, OBJECT_KINDS, "object_kind")
     _choice(scan, SCAN_KINDS, "scan")
     if jitter_px and scan != "raster":
         raise ValueError("jitter_px applies to scan='raster' only; the spiral is already aperiodic.")
-    for name, count in (("n_train", n_train), ("n_test", n_test)):
-        if int(count) != count or count < 1:
+    for name, count in (("n_train", n_train), ("n_test", n_test), ("n_objects", n_objects)):
+        if isinstance(count, bool) or int(count) != count or count < 1:
             raise ValueError(f"{name} must be a positive integer; got {count!r}.")
+    if n_objects > n_train:
+        raise ValueError(
+            f"n_objects={n_objects} exceeds n_train={n_train}; every training object needs at least one position "
+            f"(for gridsize g, at least neighbor_count of them)."
+        )
     arguments = {
         "object_kind": object_kind, "probe_kind": probe_kind, "patch_size": patch_size, "nphotons": float(nphotons),
         "step_px": float(step_px), "scan": scan, "jitter_px": float(jitter_px), "amplitude_only": bool(amplitude_only),
@@ -775,23 +799,34 @@ def simulate_train_test(
         rng=np.random.default_rng(mask_stream),
     )
     datasets = []
-    for split, count, stream in (("train", n_train, set_streams[0]), ("test", n_test, set_streams[1])):
+    splits = (("train", n_train, set_streams[0], int(n_objects)), ("test", n_test, set_streams[1], 1))
+    for split, count, stream, k in splits:
         object_rng, scan_rng, noise_rng = (np.random.default_rng(s) for s in stream.spawn(3))
-        shape = scan_canvas_shape(count, patch_size, step_px=step_px, scan=scan, jitter_px=jitter_px)
-        obj = make_object(object_kind, shape, object_rng, amplitude_only=amplitude_only)
-        if scan == "raster":
-            x_px, y_px = raster_positions(
-                shape, patch_size, step_px=step_px, jitter_px=jitter_px, n_positions=count, rng=scan_rng
-            )
-        else:
-            x_px, y_px = spiral_positions(shape, patch_size, count, step_px=step_px)
-        datasets.append(
-            simulate_dataset(
-                obj, probe, x_px, y_px, nphotons, noise_rng,
-                noise=noise, detector_mask=mask if mask.any() else None, workers=workers,
-                metadata=dict(arguments, split=split, n_positions=int(count)),
-            )  # fmt: skip
-        )
+        shares = [count // k + (i < count % k) for i in range(k)]
+        shape = scan_canvas_shape(shares[0], patch_size, step_px=step_px, scan=scan, jitter_px=jitter_px)
+        gap = patch_size // 2
+        obj = np.ones((shape[0], k * shape[1] + (k - 1) * gap), dtype=np.complex64)  # vacuum between tiles
+        x_parts, y_parts = [], []
+        for tile, share in enumerate(shares):
+            left = tile * (shape[1] + gap)
+            obj[:, left : left + shape[1]] = make_object(object_kind, shape, object_rng, amplitude_only=amplitude_only)
+            if scan == "raster":
+                x_px, y_px = raster_positions(
+                    shape, patch_size, step_px=step_px, jitter_px=jitter_px, n_positions=share, rng=scan_rng
+                )
+            else:
+                x_px, y_px = spiral_positions(shape, patch_size, share, step_px=step_px)
+            x_parts.append(x_px + left)
+            y_parts.append(y_px)
+        dataset = simulate_dataset(
+            obj, probe, np.concatenate(x_parts), np.concatenate(y_parts), nphotons, noise_rng,
+            noise=noise, detector_mask=mask if mask.any() else None, workers=workers,
+            metadata=dict(arguments, split=split, n_positions=int(count), n_objects=k),
+        )  # fmt: skip
+        if k > 1:
+            object_index = np.repeat(np.arange(k, dtype=np.int64), shares)
+            dataset = dataclasses.replace(dataset, object_index=object_index)
+        datasets.append(dataset)
     return datasets[0], datasets[1]
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "Reconstruction",
     "group_data",
     "inference_groups",
+    "prepare_training",
     "train_model",
     "build_backend_model",
     "reconstruct",
@@ -62,17 +63,24 @@ class GroupedData:
     target_patches: np.ndarray | None = None
 
 
-def group_data(data, groups, input_scale, *, with_targets=False):
-    """Gather a data set into `GroupedData` for the given `grouping.Groups`."""
+def group_data(data, groups, input_scale, *, with_targets=False, group_targets=False):
+    """Gather a data set into `GroupedData` for the given `grouping.Groups`.
+
+    ``with_targets`` cuts the true patches at every member's position, ``(G, C, N, N)``; with
+    ``group_targets`` it cuts one patch per group at the group's mean position, ``(G, 1, N, N)``: the
+    target of a network that predicts one object per group (``object_big=False``).
+    """
     amplitudes = data.amplitudes[groups.indices]
     targets = None
     if with_targets:
         if data.obj is None:
             raise ValueError("model_type='supervised' needs the true object (objectGuess) in the training data.")
         n = data.amplitudes.shape[-1]
-        flat = groups.indices.reshape(-1)
-        targets = forward.extract_patches(data.obj, data.x_px[flat], data.y_px[flat], n)
-        targets = targets.reshape(groups.indices.shape + (n, n)).astype(np.complex64)
+        x_px, y_px = data.x_px[groups.indices], data.y_px[groups.indices]
+        if group_targets:
+            x_px, y_px = x_px.mean(axis=1, keepdims=True), y_px.mean(axis=1, keepdims=True)
+        targets = forward.extract_patches(data.obj, x_px.reshape(-1), y_px.reshape(-1), n)
+        targets = targets.reshape(x_px.shape + (n, n)).astype(np.complex64)
     return GroupedData(
         inputs=(input_scale * amplitudes).astype(np.float32),
         amplitudes=amplitudes.astype(np.float32),
@@ -85,11 +93,12 @@ def group_data(data, groups, input_scale, *, with_targets=False):
 def inference_groups(data, model_config, neighbor_count):
     """Groups for inference: every scan position seeds one group, so every position is predicted.
 
-    For gridsize 1 the groups are the positions themselves.
+    For gridsize 1 the groups are the positions themselves. Groups never mix the objects of
+    ``data.object_index``.
     """
     return grouping.group_neighbors(
         data.x_px, data.y_px, model_config.gridsize, neighbor_count=neighbor_count,
-        n_groups=len(data.x_px), seed=0, sequential=True,
+        n_groups=len(data.x_px), seed=0, sequential=True, object_index=data.object_index,
     )
 
 
@@ -115,6 +124,40 @@ class TrainedModel:
     n_groups: int = 0
 
 
+def prepare_training(data, config, *, initial_weights=None):
+    """Group the training data and build the untrained model, as `train_model` does before training.
+
+    Returns
+    -------
+    backend : module
+        `ptycholib.backends.get_backend` of ``config.training.backend``.
+    model : the backend's PhysicsModel
+        Initial weights from ``config.training.seed`` (or ``initial_weights``); the probe from the
+        data; ``s`` from `ptycholib.forward.initial_intensity_scale`.
+    grouped : GroupedData
+        The training groups (with ground-truth targets for ``model_type='supervised'``).
+    input_scale : float
+        ``g`` of SPEC 4.2, computed on this data.
+    """
+    model_config, training = config.model, config.training
+    backend = get_backend(training.backend)
+    groups = grouping.group_neighbors(
+        data.x_px, data.y_px, model_config.gridsize, neighbor_count=training.neighbor_count,
+        n_groups=training.n_groups, seed=training.seed, sequential=training.sequential_sampling,
+        object_index=data.object_index,
+    )
+    input_scale = grouping.input_scale(data.amplitudes)
+    grouped = group_data(
+        data, groups, input_scale, with_targets=model_config.model_type == "supervised",
+        group_targets=model_config.n_object_channels == 1,
+    )
+    intensity_scale = forward.initial_intensity_scale(data.amplitudes, data.probe, model_config.probe_scale)
+    model = backend.network.build_model(model_config, data.probe, intensity_scale, seed=training.seed)
+    if initial_weights is not None:
+        backend.network.set_weights(model, initial_weights)
+    return backend, model, grouped, input_scale
+
+
 def train_model(data, config, *, initial_weights=None, log_dir=None, progress=True, callback=None):
     """Train a model on ``data`` with the backend of ``config.training.backend``.
 
@@ -122,6 +165,8 @@ def train_model(data, config, *, initial_weights=None, log_dir=None, progress=Tr
     ----------
     data : ptycholib.data.PtychoData
         Training scan (amplitudes, positions, probe; the object too for ``model_type='supervised'``).
+        With several objects (``data.object_index``, e.g. ``simulate --n-objects K``) every group
+        stays within one object.
     config : Config
     initial_weights : dict, optional
         Canonical weights to start from (e.g. another backend's initial weights, for parity runs).
@@ -136,18 +181,8 @@ def train_model(data, config, *, initial_weights=None, log_dir=None, progress=Tr
     -------
     TrainedModel
     """
-    model_config, training = config.model, config.training
-    backend = get_backend(training.backend)
-    groups = grouping.group_neighbors(
-        data.x_px, data.y_px, model_config.gridsize, neighbor_count=training.neighbor_count,
-        n_groups=training.n_groups, seed=training.seed, sequential=training.sequential_sampling,
-    )
-    input_scale = grouping.input_scale(data.amplitudes)
-    grouped = group_data(data, groups, input_scale, with_targets=model_config.model_type == "supervised")
-    intensity_scale = forward.initial_intensity_scale(data.amplitudes, data.probe, model_config.probe_scale)
-    model = backend.network.build_model(model_config, data.probe, intensity_scale, seed=training.seed)
-    if initial_weights is not None:
-        backend.network.set_weights(model, initial_weights)
+    backend, model, grouped, input_scale = prepare_training(data, config, initial_weights=initial_weights)
+    training = config.training
     start = time.perf_counter()
     history = backend.training.train(
         model, grouped.inputs, grouped.offsets, grouped.amplitudes, training,
@@ -271,7 +306,7 @@ def reconstruct(model, data, *, backend=None, inference=None, progress=False):
                           backend=chosen.name)
 
 
-def evaluate(reconstruction, data, *, mask=None, **options):
+def evaluate(reconstruction, data, *, mask=None, max_shift_px=metrics.DEFAULT_MAX_SHIFT_PX, **options):
     """Score a reconstruction against the data's true object (`metrics.evaluate_reconstruction`).
 
     Parameters
@@ -281,6 +316,9 @@ def evaluate(reconstruction, data, *, mask=None, **options):
         Must hold the true object.
     mask : ndarray of shape (rows, cols), bool, optional
         Region to score; default the scanned region of a `Reconstruction` (``.region``).
+    max_shift_px : float or None
+        Cap on the registration shift (norm, pixels; default 3, ``None`` for no cap); the scores
+        report ``shift_px``, ``max_shift_px`` and ``shift_capped``.
     **options
         ``register``, ``remove_ramp``, ``upsample_factor``.
     """
@@ -289,7 +327,9 @@ def evaluate(reconstruction, data, *, mask=None, **options):
     if isinstance(reconstruction, Reconstruction):
         mask = reconstruction.region if mask is None else mask
         reconstruction = reconstruction.obj
-    return metrics.evaluate_reconstruction(reconstruction, data.obj, mask=mask, **options)
+    return metrics.evaluate_reconstruction(
+        reconstruction, data.obj, mask=mask, max_shift_px=max_shift_px, **options
+    )
 
 
 def save_reconstruction(reconstruction, path, **metadata):

@@ -19,7 +19,7 @@ def _fields(dataset):
 
 
 def _assert_same(a, b):
-    for name in ("amplitudes", "x_px", "y_px", "probe", "obj", "scan_index", "bad_pixels"):
+    for name in ("amplitudes", "x_px", "y_px", "probe", "obj", "scan_index", "bad_pixels", "object_index"):
         left, right = getattr(a, name), getattr(b, name)
         if left is None or right is None:
             assert left is None and right is None, name
@@ -108,6 +108,11 @@ INVALID = {
     "position negative": (_poke("y_px", 0, -1.0), ["outside the object canvas", "swapped"]),
     "scan_index length": (_set("scan_index", np.zeros(3, np.int64)), ["scan_index has 3 entries"]),
     "scan_index float": (_set("scan_index", np.zeros(2)), ["scan_index", "integers"]),
+    "object_index length": (_set("object_index", np.zeros(3, np.int64)), ["object_index has 3 entries"]),
+    "object_index float": (_set("object_index", np.zeros(2)), ["object_index", "integers"]),
+    "object_index bool": (_set("object_index", np.zeros(2, bool)), ["object_index", "integers"]),
+    "object_index 2-D": (_set("object_index", np.zeros((2, 1), np.int64)), ["object_index", "shape"]),
+    "object_index negative": (_set("object_index", np.array([0, -1])), ["object_index", "1 negative"]),
     "bad_pixels shape": (_set("bad_pixels", np.zeros((32, 32), bool)), ["bad_pixels", "N is 64"]),
     "bad_pixels values": (_set("bad_pixels", np.full((N, N), 2)), ["bad_pixels", "boolean mask"]),
     "metadata not JSON": (_set("metadata", {"f": object()}), ["metadata", "JSON"]),
@@ -162,6 +167,33 @@ def test_npz_round_trip_is_exact(tiny_dataset, tmp_path):
         assert {"diff3d", "xcoords", "ycoords", "xcoords_start", "probeGuess", "objectGuess", "metadata"} <= set(npz.files)
         assert npz["diff3d"].dtype == np.float32 and npz["probeGuess"].dtype == np.complex64
         assert json.loads(str(npz["metadata"][()]))["measurement"] == "amplitude"
+
+
+def test_object_index_travels_through_npz_and_subset(tiny_dataset, tmp_path):
+    assert tiny_dataset.object_index is None
+    with np.load(data.save_npz(tiny_dataset, tmp_path / "one.npz")) as npz:
+        assert "object_index" not in npz.files  # absent key: one object
+    tiles = np.arange(tiny_dataset.n_positions, dtype=np.int32) % 3
+    several = dataclasses.replace(tiny_dataset, object_index=tiles)
+    assert several.object_index.dtype == np.int64
+    loaded = data.load_npz(data.save_npz(several, tmp_path / "three.npz"))
+    _assert_same(several, loaded)
+    assert loaded.object_index.dtype == np.int64 and loaded.object_index.tolist() == tiles.tolist()
+    assert several.subset([4, 2]).object_index.tolist() == [1, 2]
+    assert tiny_dataset.subset([4, 2]).object_index is None
+
+
+@pytest.mark.parametrize("bad, phrase", [(np.array([0.0, 1.0]), "integers"), (np.array([0, -2]), "negative"),
+                                         (np.zeros(3, np.int64), "3 entries")])
+def test_bad_object_index_is_rejected_on_load(tmp_path, bad, phrase):
+    dataset = PtychoData(np.ones((2, N, N)), [32, 40], [32, 32], np.ones((N, N)), metadata={"measurement": "amplitude"})
+    path = data.save_npz(dataset, tmp_path / "run.npz")
+    with np.load(path) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    np.savez(path, object_index=bad, **arrays)
+    with pytest.raises(ValueError, match="object_index") as error:
+        data.load_npz(path)
+    assert "run.npz" in str(error.value) and phrase in str(error.value)
 
 
 def test_npz_round_trip_without_optional_arrays(tmp_path):

@@ -131,3 +131,84 @@ def test_input_scale_normalises_mean_energy(tiny_dataset):
     assert energy == pytest.approx((64 / 2) ** 2, rel=1e-9)
     with pytest.raises(ValueError, match="mean energy 0.0"):
         grouping.input_scale(np.zeros((2, 64, 64)))
+
+
+# ------------------------------------------------------------------------------------------------
+# several objects in one data set: groups never mix them
+
+
+def _check_one_object_per_group(groups, x_px, y_px, object_index, neighbor_count):
+    members = object_index[groups.indices]
+    assert (members == members[:, :1]).all()  # every group's members share one object
+    assert (members[:, 0] == object_index[groups.seeds]).all()
+    for seed, row in zip(groups.seeds, groups.indices):  # and are among the K nearest of that object
+        same = np.flatnonzero(object_index == object_index[seed])
+        distances = np.hypot(x_px[same] - x_px[seed], y_px[same] - y_px[seed])
+        kth = np.sort(distances)[neighbor_count - 1]
+        assert (np.hypot(x_px[row] - x_px[seed], y_px[row] - y_px[seed]) <= kth + 1e-12).all()
+
+
+@pytest.mark.parametrize("options", [{"seed": 4}, {"sequential": True}, {"n_groups": 150, "seed": 1}])
+def test_groups_stay_within_one_object(scan, options):
+    x_px, y_px = scan
+    object_index = np.arange(42) % 3  # interleaved objects: plain K-NN would mix them everywhere
+    groups = grouping.group_neighbors(x_px, y_px, 2, neighbor_count=6, object_index=object_index, **options)
+    assert groups.n_groups == options.get("n_groups", 42)  # n_groups is the total over the objects
+    _check_one_object_per_group(groups, x_px, y_px, object_index, 6)
+    again = grouping.group_neighbors(x_px, y_px, 2, neighbor_count=6, object_index=object_index, **options)
+    np.testing.assert_array_equal(groups.indices, again.indices)
+    mixed = grouping.group_neighbors(x_px, y_px, 2, neighbor_count=6, **options)
+    assert not (object_index[mixed.indices] == object_index[mixed.indices][:, :1]).all()
+
+
+def test_one_object_index_gives_the_same_groups(scan):
+    x_px, y_px = scan
+    for options in ({"seed": 4}, {"sequential": True}, {"n_groups": 150, "seed": 1}):
+        plain = grouping.group_neighbors(x_px, y_px, 2, neighbor_count=6, **options)
+        for object_index in (np.zeros(42, np.int64), np.full(42, 5, np.int32)):
+            same = grouping.group_neighbors(x_px, y_px, 2, neighbor_count=6, object_index=object_index, **options)
+            np.testing.assert_array_equal(plain.indices, same.indices)
+            np.testing.assert_array_equal(plain.offsets, same.offsets)
+    single = grouping.group_neighbors(x_px, y_px, 1, neighbor_count=1, object_index=np.arange(42) % 2)
+    assert single.indices[:, 0].tolist() == list(range(42))
+
+
+@pytest.mark.parametrize(
+    "object_index, message",
+    [
+        (np.zeros(42), "object_index must hold integers"),
+        (np.zeros(41, np.int64), "object_index has shape \\(41,\\)"),
+        (np.full(42, -1), "object_index has 42 negative values"),
+        (np.r_[np.zeros(38, np.int64), np.ones(4, np.int64)], "object 1 has 4 scan positions but neighbor_count=6"),
+    ],
+)
+def test_object_index_errors(scan, object_index, message):
+    with pytest.raises(ValueError, match=message):
+        grouping.group_neighbors(*scan, 2, neighbor_count=6, object_index=object_index)
+
+
+def test_workflow_groups_respect_the_objects_of_a_simulation():
+    from ptycholib import config, simulate, workflow
+
+    train, _ = simulate.simulate_train_test(n_train=30, n_test=4, nphotons=1e6, noise=False, seed=0, n_objects=3)
+    groups = workflow.inference_groups(train, config.ModelConfig(gridsize=2), neighbor_count=7)
+    assert groups.n_groups == 30
+    _check_one_object_per_group(groups, train.x_px, train.y_px, train.object_index, 7)
+
+
+def test_train_model_groups_within_objects(monkeypatch):
+    """workflow.train_model hands the data's object_index to the grouping (no backend needed)."""
+    from ptycholib import config, simulate, workflow
+
+    class Seen(Exception):
+        pass
+
+    def spy(*args, object_index=None, **kwargs):
+        raise Seen(object_index)
+
+    train, _ = simulate.simulate_train_test(n_train=12, n_test=4, nphotons=1e6, noise=False, seed=0, n_objects=2)
+    monkeypatch.setattr(workflow, "get_backend", lambda name: None)
+    monkeypatch.setattr(workflow.grouping, "group_neighbors", spy)
+    with pytest.raises(Seen) as seen:
+        workflow.train_model(train, config.Config(), progress=False)
+    assert seen.value.args[0] is train.object_index

@@ -162,3 +162,65 @@ def test_scanned_region_mask_covers_the_windows():
     mask = metrics.scanned_region_mask(np.array([10.0, 30.0]), np.array([20.0, 20.0]), SHAPE, 8)
     assert mask.sum() == 2 * 64
     assert mask[16:24, 6:14].all() and mask[16:24, 26:34].all()
+
+
+# ----------------------------------------------------------------------------------------------
+# the registration shift is capped (issue #11 item 7): scores that cannot flatter
+
+
+def test_shift_within_the_cap_is_undone_exactly(truth):
+    moved = _shift(truth, (2.0, -1.9))  # norm 2.76 px, inside the default 3 px
+    scores = metrics.evaluate_reconstruction(moved, truth)
+    np.testing.assert_allclose(scores["shift_px"], (-2.0, 1.9), atol=0.05)
+    assert scores["max_shift_px"] == metrics.DEFAULT_MAX_SHIFT_PX == 3.0 and scores["shift_capped"] is False
+    assert scores["amplitude_ssim"] == pytest.approx(1, abs=1e-6) and scores["phase_rmse"] < 1e-6
+    registered, shift = metrics.register_subpixel(moved, truth)
+    np.testing.assert_allclose(registered, truth, atol=1e-9)
+
+
+def test_shift_beyond_the_cap_is_not_undone(truth):
+    moved = _shift(truth, (6.0, -5.0))
+    scores = metrics.evaluate_reconstruction(moved, truth)
+    assert np.hypot(*scores["shift_px"]) <= 3.0 + 1e-12
+    assert scores["shift_capped"] is True and scores["max_shift_px"] == 3.0
+    assert scores["amplitude_ssim"] < 0.9  # the misplaced copy keeps its misplacement's scores
+    _, shift = metrics.register_subpixel(moved, truth, max_shift_px=2.5)
+    assert np.hypot(*shift) <= 2.5 + 1e-12
+    uncapped = metrics.evaluate_reconstruction(moved, truth, max_shift_px=None)
+    np.testing.assert_allclose(uncapped["shift_px"], (-6.0, 5.0), atol=0.05)
+    assert uncapped["max_shift_px"] is None and uncapped["shift_capped"] is False
+    assert uncapped["amplitude_ssim"] > 0.999
+
+
+def test_cap_options(truth):
+    moved = _shift(truth, (1.3, -0.6))
+    still = metrics.evaluate_reconstruction(moved, truth, max_shift_px=0)
+    assert still["shift_px"] == [0.0, 0.0] and still["shift_capped"] is True
+    assert metrics.evaluate_reconstruction(moved, truth, register=False)["max_shift_px"] == 0.0
+    aligned = metrics.align_to_truth(moved, truth, max_shift_px=1.0)
+    assert aligned.shift_capped and np.hypot(*aligned.shift_px) == pytest.approx(1.0)
+    for bad in (-1.0, float("nan"), "3"):
+        with pytest.raises(ValueError, match="max_shift_px"):
+            metrics.evaluate_reconstruction(moved, truth, max_shift_px=bad)
+
+
+def test_constant_object_baseline_on_lines():
+    """The reference scores of "nothing learned": a flat object on notebook 02's 'lines' test object.
+
+    Later quality tests state their margin over these numbers (amplitude SSIM about 0.2, not 0).
+    """
+    from ptycholib import simulate
+
+    _, test = simulate.simulate_train_test(
+        n_train=4, n_test=400, object_kind="lines", probe_kind="fzp", nphotons=1e6, noise=False, seed=0
+    )
+    region = metrics.scanned_region_mask(test.x_px, test.y_px, test.obj.shape, 20)
+    baseline = metrics.constant_object_baseline(test.obj, mask=region)
+    assert 0.05 < baseline["amplitude_ssim"] < 0.35
+    assert baseline["phase_ssim"] < 0.35 and baseline["phase_rmse"] > 0.2
+    assert np.hypot(*baseline["shift_px"]) <= 3.0
+    unregistered = metrics.constant_object_baseline(test.obj, mask=region, register=False)
+    assert unregistered["amplitude_ssim"] == pytest.approx(baseline["amplitude_ssim"], abs=1e-6)
+    flat = np.full(test.obj.shape, 7.0 * np.exp(0.3j))  # any constant scores the same
+    same = metrics.evaluate_reconstruction(flat, test.obj, mask=region)
+    assert same["amplitude_ssim"] == pytest.approx(baseline["amplitude_ssim"], abs=1e-6)

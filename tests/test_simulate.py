@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ptycholib import data, forward, simulate
+from ptycholib import data, forward, grouping, simulate
 from ptycholib.cli import main
 
 N = 64
@@ -226,6 +226,53 @@ def test_train_test_options():
         simulate.simulate_train_test(scan="spiral", jitter_px=1.0)
 
 
+def test_several_training_objects_are_tiles_of_one_mosaic():
+    train, test = simulate.simulate_train_test(n_train=31, n_test=9, nphotons=1e6, jitter_px=0.4, seed=5, n_objects=3)
+    assert train.n_positions == 31 and test.n_positions == 9 and test.object_index is None
+    assert train.object_index.dtype == np.int64 and np.bincount(train.object_index).tolist() == [11, 10, 10]
+    assert train.metadata["n_objects"] == 3 and test.metadata["n_objects"] == 1
+    rows, cols = train.obj.shape
+    tile_cols = (cols - 2 * (N // 2)) // 3  # three equal tiles, two gaps of N // 2 px
+    assert 3 * tile_cols + 2 * (N // 2) == cols
+    lefts = [k * (tile_cols + N // 2) for k in range(3)]
+    tiles = [train.obj[:, left : left + tile_cols] for left in lefts]
+    for a in range(3):  # three distinct objects
+        for b in range(a + 1, 3):
+            assert not np.allclose(tiles[a], tiles[b])
+    for left in lefts[1:]:  # vacuum between the tiles
+        assert (train.obj[:, left - N // 2 : left] == 1).all()
+    for k, left in enumerate(lefts):  # every window inside its own tile
+        own = train.object_index == k
+        assert _windows_inside(train.x_px[own] - left, train.y_px[own], (rows, tile_cols))
+    # a tile is what one object of its size would be: same texture statistics, amplitude in range
+    assert all(0.2 - 1e-6 <= np.abs(tile).min() and np.abs(tile).max() <= 1 + 1e-6 for tile in tiles)
+    groups = grouping.group_neighbors(train.x_px, train.y_px, 2, neighbor_count=7, seed=0,
+                                      object_index=train.object_index)  # fmt: skip
+    members = train.object_index[groups.indices]
+    assert (members == members[:, :1]).all()
+
+
+def test_one_object_is_the_default_simulation(tiny_train_test):
+    train, test = tiny_train_test
+    one_train, one_test = simulate.simulate_train_test(n_train=36, n_test=16, nphotons=1e6, step_px=4, seed=0,
+                                                       n_objects=1)  # fmt: skip
+    for first, second in ((train, one_train), (test, one_test)):
+        for name in ("amplitudes", "x_px", "y_px", "probe", "obj", "scan_index"):
+            np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+        assert first.object_index is None and second.object_index is None
+    with pytest.raises(ValueError, match="n_objects must be a positive integer"):
+        simulate.simulate_train_test(n_train=4, n_test=4, n_objects=0)
+    with pytest.raises(ValueError, match="n_objects=5 exceeds n_train=4"):
+        simulate.simulate_train_test(n_train=4, n_test=4, n_objects=5)
+
+
+def test_several_objects_with_a_spiral_scan():
+    train, _ = simulate.simulate_train_test(n_train=20, n_test=4, nphotons=1e6, scan="spiral", seed=1, n_objects=2)
+    assert np.bincount(train.object_index).tolist() == [10, 10]
+    first, second = (train.x_px[train.object_index == k] for k in (0, 1))
+    assert first.max() + N // 2 <= second.min() - N // 2  # no window reaches across the gap
+
+
 def test_benchmark_setting_matches_spec_10():
     shape, x_px, y_px, group_indices = simulate.benchmark_scan(2)
     assert shape == (392, 392) and x_px.size == 1089 * 4 and group_indices.shape == (1089, 4)
@@ -259,6 +306,20 @@ def test_simulate_command_writes_train_and_test(tmp_path, capsys):
     assert train.n_positions == 9 and train.metadata["object_kind"] == "grf" and train.metadata["seed"] == 2
 
 
+def test_simulate_command_with_several_objects(tmp_path, capsys):
+    status = main(["simulate", "--nphotons", "1e5", "--n-train", "18", "--n-test", "4", "--n-objects", "2",
+                   "--seed", "2", "--out", str(tmp_path / "sim")])  # fmt: skip
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "train.npz: 18 patterns" in printed and "2 lines objects on a mosaic" in printed
+    train = data.load_npz(tmp_path / "sim" / "train.npz")
+    test = data.load_npz(tmp_path / "sim" / "test.npz")
+    assert train.object_index.tolist() == [0] * 9 + [1] * 9 and test.object_index is None
+    assert train.metadata["n_objects"] == 2
+    assert main(["simulate", "--n-train", "3", "--n-objects", "4", "--out", str(tmp_path)]) == 2
+    assert "n_objects=4 exceeds n_train=3" in capsys.readouterr().err
+
+
 def test_simulate_command_bad_input_and_help(tmp_path, capsys):
     assert main(["simulate", "--n-train", "0", "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
@@ -267,7 +328,7 @@ def test_simulate_command_bad_input_and_help(tmp_path, capsys):
         main(["simulate", "--help"])
     shown = capsys.readouterr().out
     for option in ("--object", "--probe", "--nphotons", "--n-train", "--n-test", "--seed", "--out", "--step-px",
-                   "--scan", "--jitter-px", "--beamstop-radius-px", "--bad-pixel-fraction", "--noiseless"):
+                   "--scan", "--jitter-px", "--beamstop-radius-px", "--bad-pixel-fraction", "--noiseless", "--n-objects"):
         assert option in shown
 
 

@@ -92,7 +92,8 @@ class PtychoNet(keras.Model):
         self.model_config = model_config
         size, scale = model_config.N, model_config.n_filters_scale
         self.patch_size = size
-        self.n_channels = model_config.gridsize**2
+        self.n_channels = model_config.n_channels
+        outputs = model_config.n_object_channels
         if model_config.amp_activation not in _ACTIVATIONS:
             raise ValueError(
                 f"amp_activation={model_config.amp_activation!r} is not supported; use one of {sorted(_ACTIVATIONS)}."
@@ -115,13 +116,13 @@ class PtychoNet(keras.Model):
                 width_in = width
             head = f"head_{branch}"
             if model_config.pad_object:
-                self._add_conv(f"{head}.center", self.feature_width - 4, self.n_channels)
+                self._add_conv(f"{head}.center", self.feature_width - 4, outputs)
                 if model_config.probe_big:
                     self._add_pair(f"{head}.outer", 4, self.feature_width)
-                    self._add_conv(f"{head}.outer.out", self.feature_width, self.n_channels)
+                    self._add_conv(f"{head}.outer.out", self.feature_width, outputs)
             else:
                 self._add_pair(f"{head}.full", self.feature_width, self.feature_width)
-                self._add_conv(f"{head}.full.out", self.feature_width, self.n_channels)
+                self._add_conv(f"{head}.full.out", self.feature_width, outputs)
         self._conv_list = list(self.convs.values())  # tracked by Keras
         self.built = True
         quarter = size // 4
@@ -234,11 +235,20 @@ class PhysicsModel(keras.Model):
         """The probe as a complex64 tensor ``(N, N)``."""
         return tf.complex(self.probe_real, self.probe_imag)
 
+    def illuminated_patches(self, object_patches, offsets):
+        """The C views the probe illuminates (`ptycholib.forward.group_views`): group-canvas views
+        (``object_big``), views of the group's one object (not ``object_big``), or the patches (C = 1)."""
+        cfg = self.model_config
+        if cfg.gridsize == 1:
+            return object_patches
+        if cfg.object_big:
+            return physics.assemble_group_canvas(object_patches, offsets, self._window)
+        return physics.shared_object_views(object_patches, offsets)
+
     def physics(self, object_patches, offsets):
         """Return ``(object_patches_on_canvas, predicted_amplitudes)`` from network patches."""
         cfg = self.model_config
-        if cfg.object_big and cfg.gridsize > 1:
-            object_patches = physics.assemble_group_canvas(object_patches, offsets, self._window)
+        object_patches = self.illuminated_patches(object_patches, offsets)
         exit_wave = physics.illuminate(
             object_patches,
             self.probe,

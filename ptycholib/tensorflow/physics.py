@@ -16,6 +16,7 @@ from .. import forward
 __all__ = [
     "amplitude_mae",
     "assemble_group_canvas",
+    "shared_object_views",
     "far_field_amplitude",
     "fft_amplitude_raw",
     "illuminate",
@@ -193,6 +194,27 @@ def assemble_group_canvas(object_patches, offsets, weights):
     )
     denominator = tf.where(denominator > 0, denominator, tf.ones_like(denominator))
     return tf.complex(numerator[:, :, 0] / denominator, numerator[:, :, 1] / denominator)
+
+
+def shared_object_views(group_objects, offsets):
+    """Cut every member's view from its group's one object (``object_big=False``).
+
+    Parameters
+    ----------
+    group_objects : tensor or ndarray of shape (B, 1, N, N), complex64
+        One object per group, centred on the group's mean position.
+    offsets : tensor or ndarray of shape (B, C, 2)
+        Position minus group mean in pixels, last axis ``(x, y)``.
+
+    Returns
+    -------
+    tf.Tensor of shape (B, C, N, N), complex64
+        ``view_j = T(-o_j)[O]`` with `translate_bilinear`, as `ptycholib.forward.shared_object_views`.
+    """
+    group_objects = to_tensor(group_objects)
+    if group_objects.shape.rank != 4 or group_objects.shape[1] != 1:
+        raise ValueError(f"group_objects must have shape (B, 1, N, N); got {group_objects.shape}.")
+    return translate_bilinear(group_objects, -tf.cast(tf.convert_to_tensor(offsets), tf.float64))
 
 
 def normalize_probe(probe, probe_scale):

@@ -1,8 +1,8 @@
 """Training and batched prediction with Keras ``fit`` (SPEC section 4.6, Q7).
 
 `train` runs the multi-stage schedule of `ptycholib.config.epoch_plan` with Adam: a callback sets
-each epoch's learning rate and physics weight; each stage is compiled anew because the trainable
-parts (encoder, probe) may change between stages, while the one Adam optimiser keeps its moments.
+each epoch's physics weight and every optimiser step's learning rate (`ptycholib.schedules`); each
+stage is compiled anew because the trainable parts (encoder, probe) may change between stages, while the one Adam optimiser keeps its moments.
 The loss of an epoch with physics weight ``p`` is
 ``p * (nll_weight * NLL + mae_weight * MAE) + (1 - p) * MAE`` on diffraction amplitudes
 (``model_type='pinn'``), or ``mean|A - |Y|| + mean|phi - angle(Y)|`` against ground-truth patches
@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import batching
+from .. import batching, schedules
 from .. import config as _config
 from . import network, physics
 
@@ -96,44 +96,84 @@ class _Trainer(keras.Model):
 
 
 class _Schedule(keras.callbacks.Callback):
-    """Set each epoch's learning rate and physics weight; record the epoch; stop early if asked."""
+    """Set the physics weight of each epoch and the learning rate of each step; record the epoch.
 
-    def __init__(self, plan, trainer, optimizer, records, callback, patience):
+    The learning rates come from `ptycholib.schedules.LearningRateSchedule`, which gets each
+    epoch's monitored loss (validation loss, or training loss without validation data). The
+    callback spans the stages (one ``fit`` each), so it also does early stopping itself: Keras's
+    EarlyStopping would start afresh in every ``fit``. With ``restore_best`` it keeps the best
+    epoch's weights in memory; `restore_best_weights` loads them when all stages are done.
+    """
+
+    def __init__(self, plan, trainer, optimizer, records, callback, patience, *, lr_schedule, model,
+                 monitor_validation, restore_best):
         super().__init__()
         self.plan, self.trainer, self.optimizer = plan, trainer, optimizer
         self.records, self.user_callback, self.patience = records, callback, patience
+        self.lr_schedule, self.work, self.monitor_validation = lr_schedule, model, monitor_validation
+        self.restore_best = restore_best
         self.best, self.waited, self.stopped = math.inf, 0, False
+        self.best_monitored, self.best_epoch, self.best_weights = math.inf, None, None
+        self.epoch, self.epoch_learning_rate, self._assigned = 0, math.nan, None
+
+    def _set_learning_rate(self, step):
+        rate = self.lr_schedule.learning_rate(self.epoch, step)
+        if rate != self._assigned:
+            self.optimizer.learning_rate.assign(rate)
+            self._assigned = rate
+        return rate
 
     def on_epoch_begin(self, epoch, logs=None):
-        entry = self.plan[epoch]
-        self.optimizer.learning_rate.assign(entry.learning_rate)
-        self.trainer.physics_weight.assign(entry.physics_weight)
+        self.epoch = epoch
+        self.epoch_learning_rate = self._set_learning_rate(0)
+        self.trainer.physics_weight.assign(self.plan[epoch].physics_weight)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.lr_schedule.varies_per_step and batch > 0:
+            self._set_learning_rate(batch)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         entry = self.plan[epoch]
         val_loss = logs.get("val_loss")
+        loss = float(logs.get("loss", math.nan))
+        val_loss = float(val_loss) if val_loss is not None else math.nan
+        monitored = val_loss if self.monitor_validation else loss
+        self.lr_schedule.record(monitored)
+        improved = schedules.is_improvement(monitored, self.best_monitored)
+        if improved:
+            self.best_monitored = monitored
+        if improved or self.best_epoch is None:  # as Keras: the first epoch is the best so far, even if NaN
+            self.best_epoch = entry.epoch
+            if self.restore_best:
+                self.best_weights = network.get_weights(self.work)
         record = {
             "epoch": entry.epoch,
             "stage": entry.stage,
-            "learning_rate": float(entry.learning_rate),
+            "learning_rate": float(self.epoch_learning_rate),
             "physics_weight": float(entry.physics_weight),
-            "loss": float(logs.get("loss", math.nan)),
-            "val_loss": float(val_loss) if val_loss is not None else math.nan,
+            "loss": loss,
+            "val_loss": val_loss,
+            "best_epoch": self.best_epoch,
         }
         # Later callbacks (CSVLogger, MLflow) see the schedule next to the losses.
-        logs.update({"stage": entry.stage, "learning_rate": record["learning_rate"], "physics_weight": record["physics_weight"]})
+        logs.update({key: record[key] for key in ("stage", "learning_rate", "physics_weight", "best_epoch")})
         self.records.append(record)
         if self.user_callback is not None:
             self.user_callback(dict(record))
-        if self.patience is not None and val_loss is not None:
-            if val_loss < self.best:
+        if self.patience is not None and self.monitor_validation:
+            if schedules.is_improvement(val_loss, self.best):
                 self.best, self.waited = val_loss, 0
             else:
                 self.waited += 1
                 if self.waited >= self.patience:
                     self.stopped = True
                     self.trainer.stop_training = True
+
+    def restore_best_weights(self):
+        """Load the best epoch's weights (only kept with ``restore_best``)."""
+        if self.best_weights is not None:
+            network.set_weights(self.work, self.best_weights)
 
 
 class _MLflowLogger(keras.callbacks.Callback):
@@ -284,10 +324,13 @@ def train(
     amplitudes : ndarray of shape (B, C, N, N), float32
         Measured amplitudes ``a`` (square roots of counts) that the loss compares against.
     training_config : ptycholib.config.TrainingConfig
-        Batch size, learning rate, loss weights, stages and schedule (`ptycholib.config.epoch_plan`),
-        ``probe_trainable``, ``intensity_scale_trainable``, ``seed`` (validation split and each
-        epoch's batch order, both from `ptycholib.batching`, so torch sees the same batches),
-        ``early_stopping_patience``, ``logger`` and ``accelerator``/``devices``/``strategy``
+        Batch size, learning rate and ``lr_schedule`` with its parameters (`ptycholib.schedules`),
+        loss weights, stages and schedule (`ptycholib.config.epoch_plan`), ``probe_trainable``,
+        ``intensity_scale_trainable``, ``seed`` (validation split and each epoch's batch order,
+        both from `ptycholib.batching`, so torch sees the same batches), ``early_stopping_patience``
+        (on the validation loss) and ``early_stopping_restore_best`` (the model ends with the
+        weights of the epoch of lowest validation loss, kept in memory), ``logger`` and
+        ``accelerator``/``devices``/``strategy``
         (``'auto'`` with one device: the default strategy; ``'mirrored'``/``'ddp'`` or more than one
         device: ``tf.distribute.MirroredStrategy`` over that many TensorFlow devices, with
         ``batch_size`` split over them and the last partial batch dropped).
@@ -295,15 +338,16 @@ def train(
         bfloat16 during training (Keras ``mixed_bfloat16`` policy; weights, heads' activations and
         physics stay float32), about 3x faster on CPUs with AMX; the model predicts in float32 again
         afterwards.
-    target_patches : ndarray of shape (B, C, N, N), complex64, optional
-        Ground-truth patches; required (and only used) when ``model_type='supervised'``.
+    target_patches : ndarray of shape (B, K, N, N), complex64, optional
+        Ground-truth patches (K = ``n_object_channels``: C, or one per group at the group's mean
+        position when ``object_big=False``); required (and only used) when ``model_type='supervised'``.
     validation_fraction : float, optional
         Fraction of groups held out (`ptycholib.batching.split_validation`, seeded); default
         ``training_config.validation_fraction``.
     log_dir : str or path-like, optional
         Folder for ``metrics.csv`` (Keras CSVLogger: epoch, loss, val_loss, learning_rate,
-        physics_weight, stage; not with ``logger='none'``) and, with ``logger='mlflow'``, the MLflow
-        file store ``mlruns/`` (unless ``MLFLOW_TRACKING_URI`` is set).
+        physics_weight, stage, best_epoch; not with ``logger='none'``) and, with
+        ``logger='mlflow'``, the MLflow file store ``mlruns/`` (unless ``MLFLOW_TRACKING_URI`` is set).
     progress : bool
         Show Keras's progress bar.
     callback : callable, optional
@@ -312,9 +356,13 @@ def train(
     Returns
     -------
     list of dict
-        One per epoch run: ``epoch, stage, learning_rate, physics_weight, loss, val_loss``
-        (``val_loss`` is NaN without validation groups). Shorter than ``nepochs`` only after early
-        stopping.
+        One per epoch run: ``epoch, stage, learning_rate, physics_weight, loss, val_loss,
+        best_epoch`` (``val_loss`` is NaN without validation groups), with the physics weight that
+        the epoch used and the learning rate of its first optimiser step (``cosine`` and
+        ``onecycle`` change it every step). ``best_epoch`` is the epoch of lowest monitored loss so
+        far (validation loss, or training loss without validation data); after early stopping
+        with ``early_stopping_restore_best`` the model holds that epoch's weights (the last record's
+        ``best_epoch``). Shorter than ``nepochs`` only after early stopping.
     """
     if not isinstance(model, network.PhysicsModel):
         raise TypeError(f"train needs the model from build_model; got {type(model).__name__}.")
@@ -326,8 +374,9 @@ def train(
     supervised = cfg.model_type == "supervised"
     if supervised:
         if target_patches is None:
-            raise ValueError("model_type='supervised' needs target_patches (ground-truth patches, (B, C, N, N) complex).")
-        target_patches = _as_array("target_patches", target_patches, inputs.shape, np.complex64)
+            raise ValueError("model_type='supervised' needs target_patches (ground-truth patches, (B, K, N, N) complex).")
+        target_shape = (n_groups, cfg.n_object_channels, size, size)
+        target_patches = _as_array("target_patches", target_patches, target_shape, np.complex64)
         target = (np.abs(target_patches).astype(np.float32), np.angle(target_patches).astype(np.float32))
     else:
         target = _as_array("amplitudes", amplitudes, inputs.shape, np.float32)
@@ -373,7 +422,16 @@ def train(
         val_data = arrays.fixed(val_idx, batch_size, drop_remainder)
 
     records = []
-    schedule = _Schedule(plan, trainer, optimizer, records, callback, training_config.early_stopping_patience)
+    monitor_validation = val_data is not None
+    restore_best = (
+        training_config.early_stopping_patience is not None and monitor_validation
+        and training_config.early_stopping_restore_best
+    )
+    schedule = _Schedule(
+        plan, trainer, optimizer, records, callback, training_config.early_stopping_patience,
+        lr_schedule=schedules.LearningRateSchedule(training_config, steps_per_epoch), model=work,
+        monitor_validation=monitor_validation, restore_best=restore_best,
+    )
     extra = []
     if log_dir is not None and training_config.logger != "none":
         os.makedirs(log_dir, exist_ok=True)
@@ -414,6 +472,7 @@ def train(
             )
             if schedule.stopped:
                 break
+        schedule.restore_best_weights()
     finally:
         _set_precision(work, "float32")  # prediction and parity run in float32
         if mlflow_run is not None:
@@ -470,11 +529,7 @@ def _predict_function(model):
 
         @tf.function(reduce_retracing=True)
         def function(x, offsets):
-            cfg = model.model_config
-            patches = network.predict_object(model, x)
-            if cfg.object_big and cfg.gridsize > 1:
-                patches = physics.assemble_group_canvas(patches, offsets, model._window)
-            return patches
+            return model.illuminated_patches(network.predict_object(model, x), offsets)
 
         model._ptycholib_predict = function
     return function

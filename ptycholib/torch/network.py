@@ -135,8 +135,9 @@ class PtychoNet(nn.Module):
     def __init__(self, model_config):
         super().__init__()
         size, scale = model_config.N, model_config.n_filters_scale
-        channels = model_config.gridsize**2
+        channels = model_config.n_channels
         self.patch_size, self.n_channels = size, channels
+        outputs = model_config.n_object_channels
         encoder, decoder = _widths(size, scale)
         self.encoder = nn.Sequential(*[_ConvPair(w_in, w, _pool) for w_in, w in zip([channels] + encoder[:-1], encoder)])
         decoder_pairs = list(zip(encoder[-1:] + decoder[:-1], decoder))
@@ -145,9 +146,9 @@ class PtychoNet(nn.Module):
         options = dict(pad_object=model_config.pad_object, probe_big=model_config.probe_big)
         features = decoder[-1]
         self.head_amp = _Head(
-            features, channels, scale, size, activation=_ACTIVATIONS[model_config.amp_activation], **options
+            features, outputs, scale, size, activation=_ACTIVATIONS[model_config.amp_activation], **options
         )
-        self.head_phase = _Head(features, channels, scale, size, activation=_phase_activation, **options)
+        self.head_phase = _Head(features, outputs, scale, size, activation=_phase_activation, **options)
         self.to(memory_format=torch.channels_last)
 
     def forward(self, inputs):
@@ -214,11 +215,14 @@ class PhysicsModel(nn.Module):
         return torch.exp(self.physics.log_intensity_scale)
 
     def illuminated_patches(self, object_patches, offsets):
-        """Group-canvas views when ``object_big`` and C > 1, otherwise ``object_patches`` unchanged."""
+        """The C views the probe illuminates (`ptycholib.forward.group_views`): group-canvas views
+        (``object_big``), views of the group's one object (not ``object_big``), or the patches (C = 1)."""
         cfg = self.model_config
-        if cfg.object_big and cfg.gridsize > 1:
+        if cfg.gridsize == 1:
+            return object_patches
+        if cfg.object_big:
             return physics.assemble_group_canvas(object_patches, offsets, self.window)
-        return object_patches
+        return physics.shared_object_views(object_patches, offsets)
 
     def forward(self, inputs, offsets):
         cfg = self.model_config

@@ -19,6 +19,7 @@ __all__ = [
     "to_numpy",
     "translate_bilinear",
     "assemble_group_canvas",
+    "shared_object_views",
     "normalize_probe",
     "illuminate",
     "far_field_amplitude",
@@ -205,6 +206,27 @@ def assemble_group_canvas(object_patches, offsets, weights):
         denominator = rows @ coverage.reshape(batch, channels, channels * height, width)
         denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
     return torch.complex(summed[..., :width] / denominator, summed[..., width:] / denominator)
+
+
+def shared_object_views(group_objects, offsets):
+    """Cut every member's view from its group's one object (``object_big=False``).
+
+    Parameters
+    ----------
+    group_objects : tensor or ndarray of shape (B, 1, N, N), complex64
+        One object per group, centred on the group's mean position.
+    offsets : tensor or ndarray of shape (B, C, 2)
+        Position minus group mean in pixels, last axis ``(x, y)``.
+
+    Returns
+    -------
+    torch.Tensor of shape (B, C, N, N), complex64
+        ``view_j = T(-o_j)[O]`` with `translate_bilinear`, as `ptycholib.forward.shared_object_views`.
+    """
+    group_objects = to_tensor(group_objects)
+    if group_objects.ndim != 4 or group_objects.shape[1] != 1:
+        raise ValueError(f"group_objects must have shape (B, 1, N, N); got {tuple(group_objects.shape)}.")
+    return translate_bilinear(group_objects, -_as_float64(offsets, group_objects.device))
 
 
 def _bilinear_taps(shifts, size):

@@ -1,8 +1,10 @@
 """Training and batched prediction with Lightning (SPEC sections 4.6 and Q7).
 
 `train` wraps the physics-informed model in a LightningModule and runs the multi-stage schedule of
-`ptycholib.config.epoch_plan` with Adam: at the start of every epoch the learning rate, the physics
-weight and the trainable parts (encoder, probe) of that epoch are applied. The loss of an epoch with
+`ptycholib.config.epoch_plan` with Adam: at the start of every epoch the physics weight and the
+trainable parts (encoder, probe) of that epoch are applied; the learning rate of every optimiser step
+comes from `ptycholib.schedules` through an ``LRScheduler`` that Lightning steps after each optimiser
+step (``interval='step'``). The loss of an epoch with
 physics weight ``p`` is ``p * (nll_weight * NLL + mae_weight * MAE) + (1 - p) * MAE`` on diffraction
 amplitudes (``model_type='pinn'``), or ``mean|A - |Y|| + mean|phi - angle(Y)|`` against ground-truth
 patches (``model_type='supervised'``), exactly as in ``ptycholib.tensorflow.training``.
@@ -24,7 +26,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from .. import batching
+from .. import batching, schedules
 from .. import config as _config
 from . import network, physics
 
@@ -134,12 +136,15 @@ class _Module(L.LightningModule):
 
     def configure_optimizers(self):
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        return torch.optim.Adam(trainable, lr=self.plan[0].learning_rate)
+        optimizer = torch.optim.Adam(trainable, lr=self.plan[0].learning_rate)
+        sampler = _BatchSampler(self.train_idx, self.training_config.batch_size, shuffle=False, seed=0,
+                                rank=self.global_rank, world=self.trainer.world_size)
+        self.lr_schedule = schedules.LearningRateSchedule(self.training_config, len(sampler))
+        self.lr_scheduler = _SharedSchedule(optimizer, self.lr_schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler, "interval": "step"}}
 
     def on_train_epoch_start(self):
         entry = self.plan[self.current_epoch]
-        for group in self.optimizers().optimizer.param_groups:
-            group["lr"] = entry.learning_rate
         self.physics_weight = entry.physics_weight
         frozen = list(self.model.net.encoder.parameters()) if entry.freeze_encoder else []
         if not entry.probe_trainable:
@@ -217,22 +222,83 @@ class _Module(L.LightningModule):
         return self._loader(self.val_idx, shuffle=False) if len(self.val_idx) else []
 
 
-class _History(L.Callback):
-    """Build each epoch's record from what training actually used; log it and hand it on."""
+class _SharedSchedule(torch.optim.lr_scheduler.LRScheduler):
+    """Every optimiser step's learning rate from `ptycholib.schedules.LearningRateSchedule`.
 
-    def __init__(self, records, callback):
-        self.records, self.callback = records, callback
+    ``last_epoch`` counts the optimiser steps taken (torch's name): the next step is step
+    ``last_epoch % S`` of epoch ``last_epoch // S``. The plateau schedule learns an epoch's loss only
+    after Lightning has already stepped into the next epoch, so `_History` calls `refresh` then.
+    """
+
+    def __init__(self, optimizer, schedule):
+        self.schedule = schedule
+        super().__init__(optimizer)
+
+    def _rate(self):
+        last = len(self.schedule.factors) - 1
+        epoch, step = divmod(self.last_epoch, self.schedule.steps_per_epoch)
+        if epoch > last:  # stepped past the last optimiser step; nothing trains with it
+            epoch, step = last, self.schedule.steps_per_epoch - 1
+        return self.schedule.learning_rate(epoch, step)
+
+    def get_lr(self):
+        return [self._rate() for _ in self.optimizer.param_groups]
+
+    def refresh(self):
+        """Re-apply the current step's rate (after `ptycholib.schedules.LearningRateSchedule.record`)."""
+        rate = self._rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
+        self._last_lr = [rate for _ in self.optimizer.param_groups]
+
+    def state_dict(self):
+        # Plain values only: checkpoints must not pickle the schedule object.
+        return {"last_epoch": self.last_epoch, "_step_count": self._step_count, "losses": list(self.schedule.losses)}
+
+    def load_state_dict(self, state_dict):
+        self.last_epoch, self._step_count = state_dict["last_epoch"], state_dict["_step_count"]
+        self.schedule.losses = list(state_dict["losses"])
+
+
+class _History(L.Callback):
+    """Build each epoch's record from what training actually used; log it and hand it on.
+
+    It also feeds the epoch's monitored loss (validation loss, or training loss without validation
+    groups) to the learning-rate schedule, tracks the best epoch, and, with ``restore_best``, keeps
+    a copy of the best epoch's weights in memory and loads it when training ends.
+    """
+
+    def __init__(self, records, callback, *, restore_best=False):
+        self.records, self.callback, self.restore_best = records, callback, restore_best
+        self.best, self.best_epoch, self.best_state = math.inf, None, None
+        self.epoch_learning_rate = math.nan
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == 0:  # the rate of the epoch's first optimiser step is the one recorded
+            self.epoch_learning_rate = float(trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_train_epoch_end(self, trainer, module):
         entry = module.plan[trainer.current_epoch]
-        optimizer = trainer.optimizers[0]
+        loss = module.finish_train_epoch()
+        val_loss = getattr(module, "val_loss", math.nan) if len(module.val_idx) else math.nan
+        monitored = val_loss if len(module.val_idx) else loss
+        module.lr_schedule.record(monitored)
+        module.lr_scheduler.refresh()
+        improved = schedules.is_improvement(monitored, self.best)
+        if improved:
+            self.best = monitored
+        if improved or self.best_epoch is None:  # as Keras: the first epoch is the best so far, even if NaN
+            self.best_epoch = entry.epoch
+            if self.restore_best:
+                self.best_state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
         record = {
             "epoch": entry.epoch,
             "stage": entry.stage,
-            "learning_rate": float(optimizer.param_groups[0]["lr"]),
+            "learning_rate": self.epoch_learning_rate,
             "physics_weight": float(module.physics_weight),
-            "loss": module.finish_train_epoch(),
-            "val_loss": getattr(module, "val_loss", math.nan) if len(module.val_idx) else math.nan,
+            "loss": loss,
+            "val_loss": val_loss,
+            "best_epoch": self.best_epoch,
         }
         self.records.append(record)
         for logger in trainer.loggers:
@@ -240,6 +306,10 @@ class _History(L.Callback):
             logger.save()
         if self.callback is not None and trainer.is_global_zero:
             self.callback(dict(record))
+
+    def on_train_end(self, trainer, module):
+        if self.best_state is not None:
+            module.model.load_state_dict(self.best_state)
 
 
 def _loggers(training_config, log_dir, model_config):
@@ -330,23 +400,27 @@ def train(
     amplitudes : ndarray or tensor of shape (B, C, N, N), float32
         Measured amplitudes ``a`` (square roots of counts) that the loss compares against.
     training_config : ptycholib.config.TrainingConfig
-        Uses ``batch_size`` (global, over all devices), ``learning_rate``, ``nll_weight``,
-        ``mae_weight``, the stages and physics-weight schedule (`ptycholib.config.epoch_plan`),
-        ``probe_trainable``, ``intensity_scale_trainable``, ``seed`` (shuffling and validation split),
-        ``early_stopping_patience`` (on the validation loss), ``logger``, and ``accelerator`` /
+        Uses ``batch_size`` (global, over all devices), ``learning_rate`` and ``lr_schedule`` with its
+        parameters (`ptycholib.schedules`), ``nll_weight``, ``mae_weight``, the stages and
+        physics-weight schedule (`ptycholib.config.epoch_plan`), ``probe_trainable``,
+        ``intensity_scale_trainable``, ``seed`` (shuffling and validation split),
+        ``early_stopping_patience`` (on the validation loss) and ``early_stopping_restore_best`` (the
+        model ends with the weights of the epoch of lowest validation loss, kept in memory),
+        ``logger``, and ``accelerator`` /
         ``devices`` / ``strategy`` (Lightning names; ``strategy='ddp'`` with several devices runs one
         process per device, CPU included; the spawning strategies are refused because they lose the
         history). An optional ``precision`` attribute (``"32"`` default, or ``"bf16-mixed"``: the
         network in bfloat16 autocast, physics and weights in float32) is honoured when present.
-    target_patches : ndarray of shape (B, C, N, N), complex64, optional
-        Ground-truth patches; required (and only used) when ``model_type='supervised'``.
+    target_patches : ndarray of shape (B, K, N, N), complex64, optional
+        Ground-truth patches (K = ``n_object_channels``: C, or one per group at the group's mean
+        position when ``object_big=False``); required (and only used) when ``model_type='supervised'``.
     validation_fraction : float, optional
         Fraction of groups held out (`ptycholib.batching.split_validation`, seeded); default
         ``training_config.validation_fraction``. Batches follow `ptycholib.batching.epoch_order`, as in
         the TensorFlow backend.
     log_dir : str or path-like, optional
         Folder for ``metrics.csv`` (one row per epoch: epoch, stage, learning_rate, physics_weight,
-        loss, val_loss) and ``hparams.yaml`` (unless ``logger='none'``), ``mlruns/`` with
+        loss, val_loss, best_epoch) and ``hparams.yaml`` (unless ``logger='none'``), ``mlruns/`` with
         ``logger='mlflow'`` (unless ``MLFLOW_TRACKING_URI`` is set), and Lightning checkpoints in
         ``checkpoints/`` (``last.ckpt`` and the best validation loss). None: no files (MLflow then
         logs to ``MLFLOW_TRACKING_URI`` or ``./mlruns``).
@@ -358,9 +432,13 @@ def train(
     Returns
     -------
     list of dict
-        One per epoch run: ``epoch, stage, learning_rate, physics_weight, loss, val_loss``
-        (``val_loss`` is NaN without validation groups), with the learning rate and physics weight
-        that the epoch actually used. Shorter than ``nepochs`` only after early stopping.
+        One per epoch run: ``epoch, stage, learning_rate, physics_weight, loss, val_loss,
+        best_epoch`` (``val_loss`` is NaN without validation groups), with the physics weight that
+        the epoch used and the learning rate of its first optimiser step (``cosine`` and
+        ``onecycle`` change it every step). ``best_epoch`` is the epoch of lowest monitored loss so
+        far (validation loss, or training loss without validation groups); after early stopping
+        with ``early_stopping_restore_best`` the model holds that epoch's weights (the last record's
+        ``best_epoch``). Shorter than ``nepochs`` only after early stopping.
     """
     if not isinstance(model, network.PhysicsModel):
         raise TypeError(f"train needs the model from build_model; got {type(model).__name__}.")
@@ -373,8 +451,9 @@ def train(
     groups = {"inputs": inputs, "offsets": offsets}
     if supervised:
         if target_patches is None:
-            raise ValueError("model_type='supervised' needs target_patches (ground-truth patches, (B, C, N, N) complex).")
-        target_patches = _as_array("target_patches", target_patches, inputs.shape, np.complex64)
+            raise ValueError("model_type='supervised' needs target_patches (ground-truth patches, (B, K, N, N) complex).")
+        target_shape = (n_groups, cfg.n_object_channels, size, size)
+        target_patches = _as_array("target_patches", target_patches, target_shape, np.complex64)
         groups.update(amplitude=np.abs(target_patches), phase=np.angle(target_patches))
     else:
         amplitudes = _as_array("amplitudes", amplitudes, inputs.shape, np.float32)
@@ -394,8 +473,9 @@ def train(
     tensors = {name: torch.as_tensor(np.ascontiguousarray(value, dtype=np.float32)) for name, value in groups.items()}
     module = _Module(model, plan, training_config, _Groups(tensors), train_idx, val_idx, supervised=supervised)
     records = []
-    callbacks = [_History(records, callback)]
-    if training_config.early_stopping_patience is not None and len(val_idx):
+    early_stopping = training_config.early_stopping_patience is not None and len(val_idx) > 0
+    callbacks = [_History(records, callback, restore_best=early_stopping and training_config.early_stopping_restore_best)]
+    if early_stopping:
         callbacks.append(
             L.pytorch.callbacks.EarlyStopping(monitor="val_loss", patience=training_config.early_stopping_patience, mode="min")
         )

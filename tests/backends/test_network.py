@@ -213,9 +213,18 @@ def test_forward_model_patches_are_the_illuminated_views(backend, object_big):
     inputs, offsets = make_batch(np.random.default_rng(5), cfg, 2)
     patches = backend.physics.to_numpy(backend.network.forward_model(model, inputs, offsets)[0])
     raw = backend.physics.to_numpy(backend.network.predict_object(model, inputs))
-    weights = forward.window_weights(64, pad_object=cfg.pad_object, probe_big=cfg.probe_big)
-    expected = forward.assemble_group_canvas(raw, offsets, weights) if object_big else raw
+    assert raw.shape == (2, 4 if object_big else 1, 64, 64)  # one object per group when not object_big
+    expected = forward.group_views(cfg, raw, offsets)
+    assert patches.shape == (2, 4, 64, 64)
     assert np.abs(patches - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_one_object_per_group_has_one_output_channel(backend):
+    """object_big=False at gridsize 2 (PtychoPINN): the heads emit one channel, weights say so."""
+    cfg, model = make_model(backend, gridsize=2, object_big=False)
+    weights = backend.network.get_weights(model)
+    assert weights["head_amp.center.weight"].shape[0] == 1 and weights["head_phase.center.weight"].shape[0] == 1
+    assert weights["encoder.0.conv0.weight"].shape[1] == 4  # the encoder still sees all C patterns
 
 
 def test_batch_independence(backend):

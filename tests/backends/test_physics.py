@@ -192,6 +192,25 @@ def test_known_object_reproduces_noiseless_patterns(backend, n, gridsize):
     assert_close(physics.to_numpy(physics.assemble_group_canvas(physics.to_tensor(patches), offsets, weights)), patches)
 
 
+@pytest.mark.parametrize("n", [64, 128])
+def test_one_group_object_reproduces_every_members_patch(backend, n):
+    """object_big=False: the true object around the group mean, moved to each member's offset, is
+    that member's true patch (whole-pixel offsets, away from the borders), in NumPy and the backend."""
+    rng = np.random.default_rng(13)
+    obj = complex_patches(rng, (n + 40, n + 50))
+    centre = np.array([n // 2 + 25.0, n // 2 + 20.0])
+    offsets = np.array([[[-2.0, -2.0], [2.0, -2.0], [-2.0, 2.0], [2.0, 2.0]]])
+    members = forward.extract_patches(obj, centre[0] + offsets[0, :, 0], centre[1] + offsets[0, :, 1], n)[None]
+    group_object = forward.extract_patches(obj, centre[:1], centre[1:], n)[None]  # (1, 1, N, N)
+    inner = (slice(None), slice(None), slice(2, n - 2), slice(2, n - 2))
+    reference = forward.shared_object_views(group_object, offsets)
+    assert_close(reference[inner], members[inner])
+    actual = backend.physics.to_numpy(backend.physics.shared_object_views(backend.physics.to_tensor(group_object), offsets))
+    assert_close(actual, reference)
+    with pytest.raises(ValueError, match="group_objects must have shape"):
+        backend.physics.shared_object_views(backend.physics.to_tensor(members), offsets)
+
+
 def test_translate_rejects_bad_shifts(backend):
     with pytest.raises(ValueError, match="shifts"):
         backend.physics.translate_bilinear(backend.physics.to_tensor(np.zeros((4, 4), np.float32)), np.zeros(3))

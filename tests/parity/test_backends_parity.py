@@ -87,6 +87,18 @@ def test_training_step_gradients_agree(both_backends, size, gridsize, pad_object
     assert errors[worst] <= parity.TOLERANCES["gradients"], (worst, errors[worst])
 
 
+@pytest.mark.parametrize("model_type", ["pinn", "supervised"])
+def test_one_object_per_group_agrees(both_backends, model_type):
+    """object_big=False at gridsize 2 (PtychoPINN's meaning): network and gradients, both backends."""
+    cfg = _config(64, 2, True, True, object_big=False, model_type=model_type)
+    errors = parity.compare_network(cfg, batch=2, seed=17, source="torch")
+    assert errors.pop("weights_roundtrip") == 0.0
+    assert max(errors.values()) <= parity.TOLERANCES["network"], errors
+    errors = parity.compare_gradients(cfg, TrainingConfig(nll_weight=1.0, mae_weight=0.5), batch=2, seed=19)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= parity.TOLERANCES["gradients"], (worst, errors[worst])
+
+
 def test_supervised_gradients_agree(both_backends):
     cfg = ModelConfig(N=64, gridsize=2, n_filters_scale=1, model_type="supervised")
     errors = parity.compare_gradients(cfg, TrainingConfig(), batch=2, seed=13)
