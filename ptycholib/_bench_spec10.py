@@ -50,7 +50,8 @@ def measure(backend, gridsize, n_filters_scale, *, quick=False, timing_groups=25
     train_rate = trained.n_groups / (ends[1] - ends[0])
     chosen, model = workflow.build_backend_model(trained.archive)
     test = bench.test
-    grouped = workflow.group_data(test, bench.test_groups, trained.archive.input_scale)
+    grouped = workflow.group_data(test, bench.test_groups, trained.archive.input_scale,
+                                  input_transform=trained.archive.config.model.input_transform)
     indices = grouped.indices
     chosen.training.predict_patches(model, grouped.inputs[:32], grouped.offsets[:32], batch_size=256)
     start = time.perf_counter()

@@ -50,6 +50,7 @@ __all__ = [
 SUPPORTED_N = (64, 128, 256)
 AMP_ACTIVATIONS = ("sigmoid", "swish", "softplus", "relu")
 MODEL_TYPES = ("pinn", "supervised")
+INPUT_TRANSFORMS = ("linear", "log")
 BACKENDS = ("torch", "tensorflow")
 SCHEDULES = ("constant", "linear", "cosine", "exponential")
 LR_SCHEDULES = ("constant", "plateau", "cosine", "onecycle")
@@ -113,6 +114,12 @@ class ModelConfig:
         Probe normalisation divisor (SPEC 4.5).
     gaussian_smoothing_sigma : float
         Blur of the exit wave in pixels; 0 disables it.
+    input_transform : str
+        What the network sees of the measured amplitudes ``a`` (square roots of counts):
+        ``"linear"`` is SPEC 4.2's ``x = g a`` (PtychoPINN); ``"log"`` is ``x = g log(1 + a)``, which
+        compresses the diffraction pattern's dynamic range (10^4 between the central peak and the
+        photon-level speckle at 1e9 photons) so the encoder sees the high-q detail. ``g`` normalises
+        the mean per-pattern energy of ``x`` to ``(N/2)**2`` either way. The loss is unchanged.
     """
 
     N: int = 64
@@ -126,9 +133,11 @@ class ModelConfig:
     pad_object: bool = True
     probe_scale: float = 4.0
     gaussian_smoothing_sigma: float = 0.0
+    input_transform: str = "linear"
 
     def __post_init__(self):
         _check_choice("N", self.N, SUPPORTED_N)
+        _check_choice("input_transform", self.input_transform, INPUT_TRANSFORMS)
         _require(
             isinstance(self.gridsize, int) and not isinstance(self.gridsize, bool) and self.gridsize >= 1,
             f"gridsize={self.gridsize!r} must be an integer >= 1.",

@@ -19,7 +19,7 @@ from scipy.spatial import cKDTree
 
 from ptycholib._checks import check_finite, check_same_length
 
-__all__ = ["Groups", "group_neighbors", "groups_from_indices", "input_scale"]
+__all__ = ["Groups", "group_neighbors", "groups_from_indices", "input_scale", "network_inputs"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -271,13 +271,43 @@ def groups_from_indices(x_px, y_px, indices):
     return _make_groups(positions, indices.astype(np.int64), indices[:, 0])
 
 
-def input_scale(amplitudes):
-    """Return SPEC's ``g``: the factor that makes the mean per-pattern energy of ``g * a`` equal ``(N/2)**2``.
+def _transformed(amplitudes, transform):
+    if transform == "linear":
+        return np.asarray(amplitudes)
+    if transform == "log":
+        return np.log1p(np.asarray(amplitudes, dtype=np.float32))
+    raise ValueError(f"input_transform={transform!r} is not supported; allowed values: 'linear', 'log'.")
+
+
+def network_inputs(amplitudes, scale, transform="linear"):
+    """Return the network input ``x = g * T(a)`` as float32 (SPEC 4.2; ``ModelConfig.input_transform``).
+
+    Parameters
+    ----------
+    amplitudes : ndarray of shape (..., N, N)
+        Measured amplitudes (square roots of counts).
+    scale : float
+        ``g`` from `input_scale` (computed on the training data, stored in the archive).
+    transform : str
+        ``"linear"`` (``T(a) = a``) or ``"log"`` (``T(a) = log(1 + a)``).
+
+    Examples
+    --------
+    >>> network_inputs(np.full((1, 2, 2), np.e - 1), 2.0, "log").tolist()
+    [[[2.0, 2.0], [2.0, 2.0]]]
+    """
+    return (scale * _transformed(amplitudes, transform)).astype(np.float32)
+
+
+def input_scale(amplitudes, transform="linear"):
+    """Return SPEC's ``g``: the factor that makes the mean per-pattern energy of ``g * T(a)`` equal ``(N/2)**2``.
 
     Parameters
     ----------
     amplitudes : ndarray of shape (..., N, N)
         Measured amplitudes (training data; inference reuses the stored ``g``).
+    transform : str
+        ``T`` of `network_inputs`: ``"linear"`` (SPEC 4.2) or ``"log"``.
 
     Returns
     -------
@@ -289,7 +319,7 @@ def input_scale(amplitudes):
     >>> input_scale(np.full((3, 64, 64), 2.0))
     0.25
     """
-    amplitudes = np.asarray(amplitudes)
+    amplitudes = _transformed(amplitudes, transform)
     n = amplitudes.shape[-1]
     energy = float(np.mean(np.sum(np.square(amplitudes, dtype=np.float64), axis=(-2, -1))))
     if not energy > 0 or not math.isfinite(energy):

@@ -63,7 +63,7 @@ class GroupedData:
     target_patches: np.ndarray | None = None
 
 
-def group_data(data, groups, input_scale, *, with_targets=False, group_targets=False):
+def group_data(data, groups, input_scale, *, with_targets=False, group_targets=False, input_transform="linear"):
     """Gather a data set into `GroupedData` for the given `grouping.Groups`.
 
     ``with_targets`` cuts the true patches at every member's position, ``(G, C, N, N)``; with
@@ -82,7 +82,7 @@ def group_data(data, groups, input_scale, *, with_targets=False, group_targets=F
         targets = forward.extract_patches(data.obj, x_px.reshape(-1), y_px.reshape(-1), n)
         targets = targets.reshape(x_px.shape + (n, n)).astype(np.complex64)
     return GroupedData(
-        inputs=(input_scale * amplitudes).astype(np.float32),
+        inputs=grouping.network_inputs(amplitudes, input_scale, input_transform),
         amplitudes=amplitudes.astype(np.float32),
         offsets=np.asarray(groups.offsets, dtype=np.float32),
         indices=np.asarray(groups.indices, dtype=np.int64),
@@ -146,10 +146,10 @@ def prepare_training(data, config, *, initial_weights=None):
         n_groups=training.n_groups, seed=training.seed, sequential=training.sequential_sampling,
         object_index=data.object_index,
     )
-    input_scale = grouping.input_scale(data.amplitudes)
+    input_scale = grouping.input_scale(data.amplitudes, model_config.input_transform)
     grouped = group_data(
         data, groups, input_scale, with_targets=model_config.model_type == "supervised",
-        group_targets=model_config.n_object_channels == 1,
+        group_targets=model_config.n_object_channels == 1, input_transform=model_config.input_transform,
     )
     intensity_scale = forward.initial_intensity_scale(data.amplitudes, data.probe, model_config.probe_scale)
     model = backend.network.build_model(model_config, data.probe, intensity_scale, seed=training.seed)
@@ -288,7 +288,7 @@ def reconstruct(model, data, *, backend=None, inference=None, progress=False):
     chosen, net = build_backend_model(saved, backend or inference.backend)
     begin = time.perf_counter()
     groups = inference_groups(data, saved.config.model, saved.config.training.neighbor_count)
-    grouped = group_data(data, groups, saved.input_scale)
+    grouped = group_data(data, groups, saved.input_scale, input_transform=saved.config.model.input_transform)
     start = time.perf_counter()
     patches = chosen.training.predict_patches(net, grouped.inputs, grouped.offsets, batch_size=inference.batch_size,
                                               progress=progress)
