@@ -41,6 +41,8 @@ gridsize: int = 2  # groups of gridsize**2 patterns
 n_filters_scale: int = 1  # network width
 n_groups: int = 1024  # training groups for the trained-model comparison
 nepochs: int = 8  # epochs for the trained-model comparison
+object_big: bool = False  # False: one object per group (PtychoPINN's gridsize-2 setting, notebook 03's preset)
+lr_schedule: str = "cosine"  # learning-rate schedule both backends must follow step for step
 seed: int = 0  # initial weights, batch order, inputs
 
 # %%
@@ -93,7 +95,8 @@ rows += parity.reassembly_rows(seed=seed)
 train_data = data.load_npz(Path(data_dir) / "train.npz")
 test_data = data.load_npz(Path(data_dir) / "test.npz")
 cfg = config.apply_overrides(config.Config(), {"gridsize": gridsize, "n_filters_scale": n_filters_scale,
-                                               "n_groups": n_groups, "nepochs": nepochs, "seed": seed})
+                                               "n_groups": n_groups, "nepochs": nepochs, "seed": seed,
+                                               "object_big": object_big, "lr_schedule": lr_schedule})
 trained = parity.compare_training(train_data, test_data, cfg)
 rows += trained.rows
 plotting.loss_curves(trained.histories).savefig(f"{fig_dir}/05_loss_overlay.png", dpi=110)

@@ -99,7 +99,7 @@ def canonical_shapes(model_config):
     """
     s = model_config.n_filters_scale
     n = model_config.N
-    channels = model_config.gridsize**2
+    channels, outputs = model_config.n_channels, model_config.n_object_channels
     n_blocks = int(round(math.log2(n))) - 3  # 64 -> 3, 128 -> 4, 256 -> 5
     encoder = [w * s for w in (8, 16, 32, 64, 128)[5 - n_blocks :]]
     decoder = [w * s for w in (256, 128, 64, 32)[4 - (n_blocks - 1) :]]
@@ -115,13 +115,13 @@ def canonical_shapes(model_config):
             shapes |= _conv(f"decoder_{head}.{i}.conv0", width_in, width) | _conv(f"decoder_{head}.{i}.conv1", width, width)
             width_in = width
         if model_config.pad_object:
-            shapes |= _conv(f"head_{head}.center", features - 4, channels)
+            shapes |= _conv(f"head_{head}.center", features - 4, outputs)
             if model_config.probe_big:
                 shapes |= _conv(f"head_{head}.outer.conv0", 4, 32 * s) | _conv(f"head_{head}.outer.conv1", 32 * s, 32 * s)
-                shapes |= _conv(f"head_{head}.outer.out", 32 * s, channels)
+                shapes |= _conv(f"head_{head}.outer.out", 32 * s, outputs)
         else:
             shapes |= _conv(f"head_{head}.full.conv0", features, 32 * s) | _conv(f"head_{head}.full.conv1", 32 * s, 32 * s)
-            shapes |= _conv(f"head_{head}.full.out", 32 * s, channels)
+            shapes |= _conv(f"head_{head}.full.out", 32 * s, outputs)
     shapes["physics.log_intensity_scale"] = ()
     shapes["physics.probe"] = (n, n)
     return shapes
@@ -149,7 +149,8 @@ def _check_weights(weights, model_config, where):
     check_same_keys(
         weights, expected,
         f"{where}: weights do not match the configured architecture (N={model_config.N}, "
-        f"gridsize={model_config.gridsize}, n_filters_scale={model_config.n_filters_scale})",
+        f"gridsize={model_config.gridsize}, n_filters_scale={model_config.n_filters_scale}, "
+        f"object_big={model_config.object_big})",
         error=ArchiveError,
     )
     for name, shape in expected.items():

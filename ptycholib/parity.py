@@ -46,6 +46,7 @@ TOLERANCES = {
     "reassembly": 1e-5,  # identical patches
     "training_psnr_db": 1.0,  # both backends trained from the same initial weights on the same data
     "training_ssim": 0.02,
+    "learning_rate_schedule": 1e-6,  # per-epoch learning rates of the two trainings (one arithmetic, ptycholib.schedules)
 }
 """SPEC section 8 targets, stage -> tolerance (relative unless the name carries a unit)."""
 
@@ -489,6 +490,10 @@ def compare_training(train_data, test_data, config, *, source="torch"):
     rows = [
         ParityRow("trained models", "|amplitude PSNR(torch) - PSNR(tensorflow)| (dB)", psnr_gap, TOLERANCES["training_psnr_db"]),
         ParityRow("trained models", "|amplitude SSIM(torch) - SSIM(tensorflow)|", ssim_gap, TOLERANCES["training_ssim"]),
+        ParityRow("trained models", f"per-epoch learning rate ({config.training.lr_schedule} schedule), max relative gap",
+                  relative_error(np.array([h["learning_rate"] for h in histories["tensorflow"]]),
+                                 np.array([h["learning_rate"] for h in histories["torch"]])),
+                  TOLERANCES["learning_rate_schedule"]),
     ]
     summary = {
         "loss_max_relative_gap": loss_gap,

@@ -44,7 +44,8 @@ def test_directory_gets_default_name(tmp_path, rng):
 
 @pytest.mark.parametrize(
     "settings",
-    [{"model.N": 128}, {"pad_object": False}, {"probe_big": False}, {"gridsize": 3, "neighbor_count": 9}],
+    [{"model.N": 128}, {"pad_object": False}, {"probe_big": False}, {"gridsize": 3, "neighbor_count": 9},
+     {"gridsize": 2, "object_big": False}],
 )
 def test_canonical_shapes_follow_config(tmp_path, rng, settings):
     model = make_archive(rng, **settings)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ptycholib import config, data, workflow
-from ptycholib.archive import ModelArchive
+from ptycholib.archive import ModelArchive, save_model
 
 __all__ = ["BASE", "RECIPES", "recipe_config", "run_recipe", "load_results", "plot_results"]
 
@@ -51,7 +51,9 @@ RECIPES = {
     "single-object-nfs2": ({"object_big": False, "n_filters_scale": 2}, 16),
     "single-object-k4": ({"object_big": False, "neighbor_count": 4}, 40),
     "single-object-k12": ({"object_big": False, "neighbor_count": 12}, 40),
+    "single-object-batch8": ({"object_big": False, "batch_size": 8}, 40),
     "gridsize1": ({"gridsize": 1}, 40),
+    "single-object-gridsize3": ({"object_big": False, "gridsize": 3, "neighbor_count": 12}, 40),
 }
 
 
@@ -78,7 +80,8 @@ def run_recipe(name, train, test, out_dir, *, minutes=None, nepochs=None, eval_e
     train, test : ptycholib.data.PtychoData
         Training scan and held-out test scan (with its true object).
     out_dir : path
-        ``<label or name>.jsonl`` is written there, one JSON record per evaluation.
+        ``<label or name>.jsonl`` is written there, one JSON record per evaluation, and the final
+        model as ``<label or name>.wts.h5.zip``.
     minutes : float, optional
         Stop (at the end of an epoch) once training time exceeds this.
     nepochs : int, optional
@@ -140,6 +143,9 @@ def run_recipe(name, train, test, out_dir, *, minutes=None, nepochs=None, eval_e
         )
     except _TimeUp:
         pass
+    weights = backend.network.get_weights(model)
+    save_model(Path(out_dir) / f"{label}.wts.h5.zip",
+               ModelArchive(config=cfg, weights=weights, input_scale=input_scale, backend=backend.name))
     return records
 
 

@@ -73,9 +73,10 @@ def test_output_shape_n256(backend):
     assert patches.shape == (1, 1, 256, 256)
 
 
-@pytest.mark.parametrize("pad_object,probe_big", [(True, True), (True, False), (False, False)])
-def test_weight_names_and_shapes_are_canonical(backend, pad_object, probe_big):
-    cfg, model = make_model(backend, gridsize=2, pad_object=pad_object, probe_big=probe_big)
+@pytest.mark.parametrize("pad_object,probe_big,object_big",
+                         [(True, True, True), (True, False, True), (False, False, True), (True, True, False), (False, False, False)])
+def test_weight_names_and_shapes_are_canonical(backend, pad_object, probe_big, object_big):
+    cfg, model = make_model(backend, gridsize=2, pad_object=pad_object, probe_big=probe_big, object_big=object_big)
     weights = backend.network.get_weights(model)
     assert {name: value.shape for name, value in weights.items()} == archive.canonical_shapes(cfg)
     assert weights["physics.probe"].dtype == np.complex64
