@@ -39,12 +39,10 @@ smoke: bool = False  # tiny sizes; runs in seconds (used by tests)
 fig_dir: str = "../figures"  # where figures and the metrics file go
 data_dir: str = "../build/data"  # notebook 02's train.npz and test.npz
 model_dir: str = "../build/models"  # archives are written to {model_dir}/{backend}/
-gridsize: int = 2  # groups of gridsize**2 neighbouring patterns
-n_filters_scale: int = 1  # network width (2 is PtychoPINN's default; 1 is 3x faster on a CPU)
-n_groups: int = 2048  # training groups
-nepochs: int = 24  # epochs, split into two stages below
-precision: str = "bf16-mixed"  # "32" (float32) or "bf16-mixed" (bfloat16 convolutions, ~3x faster on CPU)
-batch_size: int = 16  # groups per optimiser step
+preset: str = "../configs/cpu-quick.yaml"  # the recipe (configs/; "paper" is PtychoPINN's published one)
+n_groups: int = 0  # training groups (0: the preset's)
+nepochs: int = 0  # epochs (0: the preset's)
+precision: str = ""  # "32" or "bf16-mixed" ("": the preset's float32; bf16 pays only on CPUs with AMX)
 supervised_epochs: int = 3  # epochs of the supervised baseline (0 skips it)
 seed: int = 0  # grouping, initial weights, batch order
 
@@ -58,32 +56,37 @@ matplotlib.use("Agg")
 from ptycholib import archive, config, data, notebooks, plotting, workflow
 
 if smoke:
-    n_groups, nepochs, supervised_epochs, batch_size = 32, 2, 1, 8
+    n_groups, nepochs, supervised_epochs = 32, 2, 1
 Path(fig_dir).mkdir(parents=True, exist_ok=True)
 out_dir = Path(model_dir) / backend
 
 # %% [markdown]
 # ## 1. The data and the configuration
 # The training scan holds diffraction **amplitudes** (√counts) and the scan positions; the network never
-# sees `objectGuess`. One config drives both backends (notebook 01).
+# sees `objectGuess`. One config drives both backends (notebook 01); the recipe comes from a named preset
+# in `configs/` (`cpu-quick`: the best quality per CPU-minute that the convergence study in
+# docs/results.md measured). Its key choice is `object_big=False`, PtychoPINN's meaning: the network
+# predicts **one object per group of four patterns**, and each pattern must be explained by that one
+# object seen at its own position — the strongest form of the overlap constraint.
 
 # %%
 train_data = data.load_npz(Path(data_dir) / "train.npz")
 test_data = data.load_npz(Path(data_dir) / "test.npz")
-first_stage = max(1, (2 * nepochs) // 3)
-cfg = config.apply_overrides(config.Config(), {
-    "backend": backend, "gridsize": gridsize, "n_filters_scale": n_filters_scale, "n_groups": n_groups,
-    "nepochs": nepochs, "batch_size": batch_size, "seed": seed, "validation_fraction": 0.05, "precision": precision,
-    "stages": [{"epochs": first_stage}] + ([{"epochs": nepochs - first_stage, "learning_rate_factor": 0.3}]
-                                           if nepochs > first_stage else []),
-})
-print(f"{train_data.n_positions} training positions, N={train_data.patch_size}; backend {backend}")
+cfg = config.load_config(preset)
+chosen = {"n_groups": n_groups, "nepochs": nepochs, "precision": precision}
+cfg = config.apply_overrides(cfg, {"backend": backend, "seed": seed, **{k: v for k, v in chosen.items() if v}})
+if smoke:
+    cfg = config.apply_overrides(cfg, {"batch_size": 8})
+print(f"{train_data.n_positions} training positions, N={train_data.patch_size}; backend {backend}; preset {Path(preset).stem}: "
+      f"gridsize {cfg.model.gridsize}, object_big={cfg.model.object_big}, {cfg.training.n_groups} groups x "
+      f"{cfg.training.nepochs} epochs, lr schedule {cfg.training.lr_schedule}")
 
 # %% [markdown]
 # ## 2. The schedule
-# Training runs in stages (SPEC 4.6): here a second stage lowers the learning rate. Both backends expand
-# the schedule from the same NumPy function, so they train with the same learning rate and physics weight
-# in every epoch. The physics weight stays 1 (pure Poisson likelihood), PtychoPINN's default.
+# The learning rate follows PtychoPINN's plateau schedule (halve after two epochs without a better
+# validation loss, floor 1e-4), computed by one arithmetic (`ptycholib.schedules`) that both backends
+# follow; the plot shows the starting plan — a plateau lowers it during training, and the history
+# records the rate each epoch really used. The physics weight stays 1 (pure Poisson likelihood).
 
 # %%
 plan = config.epoch_plan(cfg.training)
@@ -91,11 +94,10 @@ plotting.schedule(plan).savefig(f"{fig_dir}/03_schedule_{backend}.png", dpi=110)
 
 # %% [markdown]
 # ## 3. Train without ground truth
-# With `precision="bf16-mixed"` the convolutions run in bfloat16 (weights, heads and physics stay
-# float32), about 3x faster on a CPU with AMX; set `"32"` for plain float32. **This is the slow cell**
-# (about three minutes on 2 cores). Expect the Poisson loss to drop steeply in the first epochs and flatten; the
-# validation loss (5 % of the groups, held out) should follow it. A curve that stays flat from the start
-# means the network sees only noise: check the input scale `g`.
+# **This is the slow cell** (about five minutes on 2 cores in float32). Expect the Poisson loss to drop
+# steeply in the first epochs and then flatten; the validation loss (5 % of the groups, held out) follows
+# it. Training keeps the weights of the epoch with the best validation loss. A curve that stays flat from
+# the start means the network sees only noise: check the input scale `g`.
 
 # %%
 trained = workflow.train_model(train_data, cfg, log_dir=out_dir / "logs", progress=False)
@@ -113,7 +115,7 @@ plotting.loss_curves({f"PINN ({backend})": trained.history}).savefig(f"{fig_dir}
 # %%
 if supervised_epochs:
     supervised_cfg = config.apply_overrides(cfg, {"model_type": "supervised", "nepochs": supervised_epochs,
-                                                  "stages": []})
+                                                  "stages": [], "lr_schedule": "constant"})
     supervised = workflow.train_model(train_data, supervised_cfg, log_dir=out_dir / "supervised_logs", progress=False)
     archive.save_model(out_dir / "supervised" / archive.DEFAULT_NAME, supervised.archive)
 
@@ -151,6 +153,9 @@ notebooks.save_metrics({
 # baseline and an iterative ePIE solver.
 #
 # ### Try this
-# - Set `gridsize = 1`: without the shared canvas the overlap constraint is gone; compare the test SSIM.
-# - Give the first stage a physics-weight ramp: `physics_weight_schedule="cosine"`, `physics_weight_start=0`.
+# - Load `preset="../configs/paper.yaml"` (PtychoPINN's published recipe, n_filters_scale 2, 60 epochs):
+#   on 2 CPU cores that is hours; on a GPU, minutes.
+# - Override `object_big=True` in the config (C patches merged on a group canvas instead of one object):
+#   the convergence study measured it slightly behind at equal CPU time.
+# - Add a physics-weight ramp (MAE first, Poisson later): `physics_weight_schedule="cosine"`, `physics_weight_start=0`.
 # - Train with `backend = "tensorflow"` and load the archive with the torch backend in notebook 04.

@@ -106,9 +106,13 @@ if baseline.ptylab_available():
 # All methods are scored on the region the network reconstructed, after removing one global complex
 # factor (phase offset and amplitude scale are not observable) and a sub-pixel registration. SSIM and PSNR
 # use the true amplitude's range as `data_range`; FRC resolutions are fractions of Nyquist.
-# The project's quality gate is an amplitude SSIM of **0.8** on this test object, which the model never saw.
-# At the CPU-sized defaults (a few minutes of training) the PINN stays well below it (about 0.55); the
-# SSIM-versus-training measurements are in `docs/results.md`.
+# The printout also gives the score of a **constant object** on the same region: SSIM does not start at 0,
+# so a model's score means something only as a margin over that floor. The project's target is an
+# amplitude SSIM of **0.85** on this test object (which the model never saw) inside the main job. With
+# the `cpu-quick` preset (about five minutes of float32 training on 2 cores) the main job measured
+# **0.54** (constant object: 0.21), ePIE 0.997: the network resolves the coarse structure of the lines
+# but not their edges (FRC 0.5 at about 0.13 of Nyquist). How far longer training and other recipes get
+# is measured in docs/results.md (SSIM versus CPU-minutes, `figures/11_ssim_vs_minutes.png`).
 
 # %%
 scores = {label: workflow.evaluate(obj, test_data, mask=scanned) for label, obj in results.items()}
@@ -119,7 +123,10 @@ plotting.table_figure(rows, ["method", "amp. SSIM", "amp. PSNR (dB)", "phase RMS
 for row in rows:
     print(*row, sep="  |  ")
 pinn_label = next(iter(results))
-print(f"quality gate (amplitude SSIM >= 0.8): {scores[pinn_label]['amplitude_ssim']:.3f}")
+flat = metrics.constant_object_baseline(test_data.obj, mask=scanned)["amplitude_ssim"]
+pinn_ssim = scores[pinn_label]["amplitude_ssim"]
+print(f"PINN amplitude SSIM {pinn_ssim:.3f}: {pinn_ssim - flat:+.3f} over a constant object ({flat:.3f}); "
+      f"issue-11 target 0.85 in the main job: {'met' if pinn_ssim >= 0.85 else 'not met'}")
 
 # %%
 plotting.compare_objects(test_data.obj, results, mask=scanned).savefig(f"{fig_dir}/04_objects_{backend}.png", dpi=110)

@@ -57,8 +57,20 @@ RECIPES = {
 }
 
 
+PRESETS = Path(__file__).resolve().parents[2] / "configs"
+"""The named presets (``configs/<name>.yaml``); a recipe ``preset:<name>`` trains one of them as it is."""
+
+
 def recipe_config(name, *, nepochs=None, extra=None):
-    """Return the `ptycholib.config.Config` of a recipe (``extra`` overrides win)."""
+    """Return the `ptycholib.config.Config` of a recipe (``extra`` overrides win).
+
+    ``name`` is a key of `RECIPES` or ``"preset:<name>"`` for ``configs/<name>.yaml``.
+    """
+    if name.startswith("preset:"):
+        cfg = config.load_config(PRESETS / f"{name.split(':', 1)[1]}.yaml")
+        if nepochs:
+            cfg = config.apply_overrides(cfg, {"nepochs": int(nepochs)})
+        return config.apply_overrides(cfg, extra) if extra else cfg
     overrides, epochs = RECIPES[name]
     values = {**BASE, **overrides}
     values["nepochs"] = int(nepochs or epochs)
@@ -76,7 +88,7 @@ def run_recipe(name, train, test, out_dir, *, minutes=None, nepochs=None, eval_e
     Parameters
     ----------
     name : str
-        Key of `RECIPES`.
+        Key of `RECIPES`, or ``"preset:<name>"`` (`recipe_config`).
     train, test : ptycholib.data.PtychoData
         Training scan and held-out test scan (with its true object).
     out_dir : path
@@ -98,7 +110,7 @@ def run_recipe(name, train, test, out_dir, *, minutes=None, nepochs=None, eval_e
         amplitude_psnr, shift_px, loss, val_loss, learning_rate``.
     """
     cfg = recipe_config(name, nepochs=nepochs, extra=extra)
-    label = label or name
+    label = label or name.replace("preset:", "")
     out_path = Path(out_dir) / f"{label}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text("")
@@ -186,7 +198,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m ptycholib.studies.convergence", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="build/data", help="folder with train.npz and test.npz (notebook 02)")
     parser.add_argument("--out", default="build/study", help="folder for <recipe>.jsonl")
-    parser.add_argument("--recipe", action="append", default=[], choices=sorted(RECIPES), help="recipe(s) to run")
+    parser.add_argument("--recipe", action="append", default=[], help=f"recipe(s) to run: {', '.join(RECIPES)}, "
+                        "or preset:NAME for configs/NAME.yaml")
     parser.add_argument("--label", help="file name instead of the recipe name (one recipe)")
     parser.add_argument("--minutes", type=float, help="training-time cap per recipe")
     parser.add_argument("--nepochs", type=int, help="epochs of the schedule (default: the recipe's)")
