@@ -109,9 +109,9 @@ if baseline.ptylab_available():
 # The printout also gives the score of a **constant object** on the same region: SSIM does not start at 0,
 # so a model's score means something only as a margin over that floor. The project's target is an
 # amplitude SSIM of **0.85** on this test object (which the model never saw) inside the main job. With
-# the `cpu-quick` preset (about five minutes of float32 training on 2 cores) the main job measured
-# **0.54** (constant object: 0.21), ePIE 0.997: the network resolves the coarse structure of the lines
-# but not their edges (FRC 0.5 at about 0.13 of Nyquist). How far longer training and other recipes get
+# the `cpu-quick` preset (about six minutes of float32 training on 2 cores) the main job measured
+# **0.52** (a constant object: 0.25), ePIE 0.997: the network resolves the coarse structure of the lines
+# but not their edges (FRC 0.5 at about 0.13 of Nyquist). The target is **not met**. How far longer training and other recipes get
 # is measured in docs/results.md (SSIM versus CPU-minutes, `figures/11_ssim_vs_minutes.png`).
 
 # %%
@@ -147,9 +147,11 @@ notebooks.save_metrics({
 # ## Summary
 # - The reconstruction lands on the test object's own pixel grid; reassembly is a vectorised scatter-add.
 # - Scores are standard (explicit data ranges, global factor removed, FRC curves rather than one number).
-# - The physics-informed model never saw a true object, yet beats the supervised baseline trained for the
-#   same time. At this high dose and overlap, ePIE with the known probe is far better after 30 sweeps; the
-#   network's strengths are one fast pass per scan once trained, and no iterations at inference.
+# - The physics-informed model never saw a true object, yet scores above the supervised baseline (three
+#   epochs against true patches, 0.32 in the main job) — but only 0.28 above a constant object. At this
+#   high dose and overlap ePIE with the known probe is far better after 30 sweeps (0.997); the network's
+#   strengths are one fast pass per scan once trained and no iterations at inference, and on 2 CPU cores
+#   its training is still far from converged (docs/results.md).
 #
 # ### What's next?
 # Notebook 05 measures, stage by stage, how closely the two backends agree.

@@ -111,7 +111,9 @@ class TrainedModel:
     archive : ModelArchive
         Config, canonical weights, ``g`` and the backend; save it with `archive.save_model`.
     history : list of dict
-        One record per epoch (epoch, stage, learning_rate, physics_weight, loss, val_loss).
+        One record per epoch (epoch, stage, learning_rate, physics_weight, loss, val_loss, best_epoch):
+        the learning rate the epoch started with, and the epoch with the lowest monitored loss so far
+        (whose weights the archive holds when early stopping restored them).
     seconds : float
         Wall-clock training time.
     n_groups : int

@@ -28,7 +28,8 @@ import numpy as np
 from ptycholib import config, data, workflow
 from ptycholib.archive import ModelArchive, save_model
 
-__all__ = ["BASE", "RECIPES", "recipe_config", "run_recipe", "load_results", "plot_results"]
+__all__ = ["BASE", "RECIPES", "PRESETS", "recipe_config", "run_recipe", "load_results", "plot_results", "summary_table",
+           "epie_reference"]
 
 #: The common configuration of the study: notebook 03's before issue 11, except float32 (on this CPU,
 #: without AMX, bfloat16 autocast is slower than float32; the "bf16" recipe measures it).
@@ -175,23 +176,87 @@ def load_results(out_dir):
     return results
 
 
-def plot_results(results, path=None, *, metric="amplitude_ssim"):
-    """Plot ``metric`` versus training minutes, one line per recipe; save to ``path`` if given."""
+def plot_results(results, path=None, *, metric="amplitude_ssim", reference_lines=()):
+    """Plot ``metric`` versus training minutes, one line per recipe; save to ``path`` if given.
+
+    ``reference_lines`` is a sequence of ``(value, label)`` drawn as horizontal lines (e.g. the
+    constant object's score and the targets).
+    """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for name, rows in results.items():
-        ax.plot([r["train_seconds"] / 60 for r in rows], [r[metric] for r in rows], marker="o", ms=3, label=name)
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    styles = ["-", "--", ":", "-."]
+    for k, (name, rows) in enumerate(results.items()):
+        ax.plot([r["train_seconds"] / 60 for r in rows], [r[metric] for r in rows], marker="o", ms=3, label=name,
+                linestyle=styles[(k // 10) % len(styles)])
+    for level, text in reference_lines:
+        ax.axhline(level, color="grey", linewidth=0.8, linestyle="--")
+        ax.annotate(text, (0.01, level), xycoords=("axes fraction", "data"), fontsize=7, color="grey",
+                    va="bottom")
     ax.set_xlabel("training time on 2 CPU cores (minutes, evaluation excluded)")
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title("Held-out test object versus training time")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
     return fig
+
+
+def epie_reference(test, *, n_iterations=30, crop_size=20):
+    """ePIE with the known probe on the test scan, scored as the network is (the study's reference).
+
+    Returns
+    -------
+    dict
+        `ptycholib.workflow.evaluate`'s scores over the scanned region (each position's central
+        ``crop_size`` window), plus ``seconds`` and ``n_iterations``.
+    """
+    from ptycholib import baseline, metrics
+
+    result = baseline.epie(test.amplitudes, test.x_px, test.y_px, test.probe, test.obj.shape,
+                           n_iterations=n_iterations, engine="numpy")
+    region = metrics.scanned_region_mask(test.x_px, test.y_px, test.obj.shape, crop_size)
+    return {**workflow.evaluate(result.obj, test, mask=region), "seconds": result.seconds,
+            "n_iterations": n_iterations}
+
+
+def _at_minutes(rows, minutes):
+    """The last evaluation at or before ``minutes`` of training (None if there is none)."""
+    before = [r for r in rows if r["train_seconds"] <= 60 * minutes + 1e-6]
+    return before[-1] if before else None
+
+
+def summary_table(results, *, at_minutes=(1.5, 3.0)):
+    """Markdown table: per recipe, SSIM at given training minutes, and its last evaluation.
+
+    Returns
+    -------
+    str
+        Columns: recipe, amplitude SSIM after each of ``at_minutes`` (last evaluation at or before),
+        then the last evaluation's minutes, epochs, SSIM, phase RMSE and FRC50; recipes sorted by their
+        SSIM at the last of ``at_minutes``.
+    """
+    head = ["recipe"] + [f"SSIM @ {m:g} min" for m in at_minutes] + [
+        "last eval (min)", "epochs", "SSIM", "phase RMSE (rad)", "FRC50 (x Nyquist)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def key(item):
+        row = _at_minutes(item[1], at_minutes[-1])
+        return -(row["amplitude_ssim"] if row else 0.0)
+
+    for name, rows in sorted(results.items(), key=key):
+        cells = [name]
+        for minutes in at_minutes:
+            row = _at_minutes(rows, minutes)
+            cells.append(f"{row['amplitude_ssim']:.3f}" if row else "–")
+        last = rows[-1]
+        cells += [f"{last['train_seconds'] / 60:.1f}", str(last["epoch"] + 1), f"{last['amplitude_ssim']:.3f}",
+                  f"{last['phase_rmse']:.3f}", f"{last['amplitude_frc50']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -206,6 +271,9 @@ def main(argv=None):
     parser.add_argument("--eval-every", type=float, default=60.0, help="training seconds between evaluations")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
     parser.add_argument("--plot", help="draw SSIM vs minutes of every result in --out to this PNG")
+    parser.add_argument("--table", action="store_true", help="print the markdown summary of every result in --out")
+    parser.add_argument("--epie", type=int, metavar="N", help="also score N ePIE sweeps (known probe) on --data's test "
+                        "scan; writes OUT/epie-<label>.json")
     args = parser.parse_args(argv)
     extra = args.set or None
     if args.recipe:
@@ -214,8 +282,26 @@ def main(argv=None):
         for name in args.recipe:
             run_recipe(name, train, test, args.out, minutes=args.minutes, nepochs=args.nepochs,
                        eval_every=args.eval_every, extra=extra, label=args.label)
+    if args.epie:
+        test = data.load_npz(Path(args.data) / "test.npz")
+        scores = epie_reference(test, n_iterations=args.epie)
+        path = Path(args.out) / f"epie-{args.label or Path(args.data).name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(scores, indent=1, default=float))
+        print(f"ePIE {args.epie} sweeps: amplitude SSIM {scores['amplitude_ssim']:.3f}, phase RMSE "
+              f"{scores['phase_rmse']:.3f} rad, FRC50 {scores['amplitude_frc50']:.2f}, {scores['seconds']:.1f} s -> {path}")
     if args.plot:
-        plot_results(load_results(args.out), args.plot)
+        lines = [(0.85, "target in the main job (0.85)"), (0.93, "target within 60 min (0.93)")]
+        if Path(args.data, "test.npz").is_file():
+            from ptycholib import metrics
+
+            test = data.load_npz(Path(args.data) / "test.npz")
+            region = metrics.scanned_region_mask(test.x_px, test.y_px, test.obj.shape, 20)
+            flat = metrics.constant_object_baseline(test.obj, mask=region)["amplitude_ssim"]
+            lines.append((flat, f"constant object ({flat:.2f})"))
+        plot_results(load_results(args.out), args.plot, reference_lines=lines)
+    if args.table:
+        print(summary_table(load_results(args.out)))
     return 0
 
 
