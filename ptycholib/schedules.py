@@ -151,6 +151,21 @@ class LearningRateSchedule:
         """Append the monitored loss of the epoch that just finished (the plateau schedule reads it)."""
         self.losses.append(float(loss))
 
+    @property
+    def best_epoch(self):
+        """The recorded epoch of lowest loss (`is_improvement`: strictly lower wins), None before any.
+
+        As in Keras, the first epoch is the best so far even when its loss is NaN. Both backends
+        report it in their history and restore that epoch's weights from it.
+        """
+        best, epoch = math.inf, None
+        for index, loss in enumerate(self.losses):
+            if is_improvement(loss, best):
+                best, epoch = loss, index
+            elif epoch is None:
+                epoch = index
+        return epoch
+
     def learning_rate(self, epoch, step=0):
         """Return the learning rate of optimiser step ``step`` of epoch ``epoch`` (both 0-based).
 

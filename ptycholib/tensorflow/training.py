@@ -113,7 +113,7 @@ class _Schedule(keras.callbacks.Callback):
         self.lr_schedule, self.work, self.monitor_validation = lr_schedule, model, monitor_validation
         self.restore_best = restore_best
         self.best, self.waited, self.stopped = math.inf, 0, False
-        self.best_monitored, self.best_epoch, self.best_weights = math.inf, None, None
+        self.best_weights = None
         self.epoch, self.epoch_learning_rate, self._assigned = 0, math.nan, None
 
     def _set_learning_rate(self, step):
@@ -140,13 +140,9 @@ class _Schedule(keras.callbacks.Callback):
         val_loss = float(val_loss) if val_loss is not None else math.nan
         monitored = val_loss if self.monitor_validation else loss
         self.lr_schedule.record(monitored)
-        improved = schedules.is_improvement(monitored, self.best_monitored)
-        if improved:
-            self.best_monitored = monitored
-        if improved or self.best_epoch is None:  # as Keras: the first epoch is the best so far, even if NaN
-            self.best_epoch = entry.epoch
-            if self.restore_best:
-                self.best_weights = network.get_weights(self.work)
+        best_epoch = self.lr_schedule.best_epoch
+        if self.restore_best and best_epoch == entry.epoch:
+            self.best_weights = network.get_weights(self.work)
         record = {
             "epoch": entry.epoch,
             "stage": entry.stage,
@@ -154,7 +150,7 @@ class _Schedule(keras.callbacks.Callback):
             "physics_weight": float(entry.physics_weight),
             "loss": loss,
             "val_loss": val_loss,
-            "best_epoch": self.best_epoch,
+            "best_epoch": best_epoch,
         }
         # Later callbacks (CSVLogger, MLflow) see the schedule next to the losses.
         logs.update({key: record[key] for key in ("stage", "learning_rate", "physics_weight", "best_epoch")})

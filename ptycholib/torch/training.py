@@ -270,7 +270,7 @@ class _History(L.Callback):
 
     def __init__(self, records, callback, *, restore_best=False):
         self.records, self.callback, self.restore_best = records, callback, restore_best
-        self.best, self.best_epoch, self.best_state = math.inf, None, None
+        self.best_state = None
         self.epoch_learning_rate = math.nan
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
@@ -284,13 +284,9 @@ class _History(L.Callback):
         monitored = val_loss if len(module.val_idx) else loss
         module.lr_schedule.record(monitored)
         module.lr_scheduler.refresh()
-        improved = schedules.is_improvement(monitored, self.best)
-        if improved:
-            self.best = monitored
-        if improved or self.best_epoch is None:  # as Keras: the first epoch is the best so far, even if NaN
-            self.best_epoch = entry.epoch
-            if self.restore_best:
-                self.best_state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+        best_epoch = module.lr_schedule.best_epoch
+        if self.restore_best and best_epoch == entry.epoch:
+            self.best_state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
         record = {
             "epoch": entry.epoch,
             "stage": entry.stage,
@@ -298,7 +294,7 @@ class _History(L.Callback):
             "physics_weight": float(module.physics_weight),
             "loss": loss,
             "val_loss": val_loss,
-            "best_epoch": self.best_epoch,
+            "best_epoch": best_epoch,
         }
         self.records.append(record)
         for logger in trainer.loggers:
