@@ -47,7 +47,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-from ptycholib import config, notebooks, plotting
+from ptycholib import batching, config, interop, notebooks, plotting
 
 Path(fig_dir).mkdir(parents=True, exist_ok=True)
 
@@ -101,10 +101,11 @@ with tempfile.TemporaryDirectory() as tmp:
 print(json.dumps(config.config_to_dict(cfg)["training"], indent=1)[:400], "...")
 
 # %% [markdown]
-# The multi-stage schedule is expanded once, in NumPy, and both backends follow the same list.
+# The multi-stage schedule is expanded once, in NumPy (`ptycholib.batching`), and both backends
+# follow the same list.
 
 # %%
-plan = config.epoch_plan(cfg.training)
+plan = batching.epoch_plan(cfg.training)
 print([(p.epoch, p.stage, p.learning_rate) for p in plan[max(0, warmup - 2) : warmup + 2]])
 
 # %% [markdown]
@@ -114,14 +115,14 @@ print([(p.epoch, p.stage, p.learning_rate) for p in plan[max(0, warmup - 2) : wa
 # cannot map instead of dropping it.
 
 # %%
-legacy = config.to_legacy_dict(cfg)
-back, legacy_report = config.from_legacy_dict(legacy)
+legacy = interop.to_legacy_dict(cfg)
+back, legacy_report = interop.from_legacy_dict(legacy)
 assert back == cfg
-renamed = [(ours, theirs, repr(legacy[theirs])) for ours, theirs in config.LEGACY_KEY_RENAMES.items()]
+renamed = [(ours, theirs, repr(legacy[theirs])) for ours, theirs in interop.LEGACY_KEY_RENAMES.items()]
 plotting.table_figure(renamed, ["ptycholib field", "PtychoPINN key", "value"], title="Renamed legacy keys").savefig(
     f"{fig_dir}/01_legacy_keys.png", dpi=110)
 foreign = dict(legacy, **{"offset": 4, "data_source": "lines", "max_position_jitter": 10})
-_, foreign_report = config.from_legacy_dict(foreign, strict=False)
+_, foreign_report = interop.from_legacy_dict(foreign, strict=False)
 print(foreign_report)
 
 # %% [markdown]
@@ -139,9 +140,9 @@ torch_style = {
               "probe_big": True, "intensity_scale_trainable": False, "cbam_encoder": True},
     "training": {"epochs": 50, "batch_size": 16, "learning_rate": 1e-3, "nll": True, "num_workers": 4},
 }
-imported, torch_report = config.from_torch_style(torch_style, strict=False)
+imported, torch_report = interop.from_torch_style(torch_style, strict=False)
 print(torch_report)
-drift = config.config_drift(config.Config(), imported)
+drift = interop.config_drift(config.Config(), imported)
 plotting.table_figure([(d.key, repr(d.ours), repr(d.theirs)) for d in drift], ["field", "ptycholib default", "torch-style"],
                     title="Drift of a PtychoPINN-Torch-style config").savefig(f"{fig_dir}/01_torch_style_drift.png", dpi=110)
 for d in drift:
@@ -156,7 +157,8 @@ notebooks.save_metrics(
 # %% [markdown]
 # ## Summary
 # - One schema (`ptycholib.config`) drives both backends; it validates itself and names the culprit.
-# - JSON, YAML and PtychoPINN's legacy dict all round-trip exactly; foreign keys are reported, never dropped.
+# - JSON, YAML and PtychoPINN's legacy dict (`ptycholib.interop`) all round-trip exactly; foreign keys
+#   are reported, never dropped.
 # - A PtychoPINN-Torch config differs from ours in gridsize, activation, K and photon count — now visible.
 #
 # ### What's next?
@@ -165,4 +167,4 @@ notebooks.save_metrics(
 # ### Try this
 # - Run `python -m ptycholib config show model.N=128 nepochs=5` in a terminal.
 # - Change `gridsize` in the parameters cell to 3 and see which validation rule fires.
-# - Import your own PtychoPINN `params.cfg` dict with `config.from_legacy_dict(d, strict=False)`.
+# - Import your own PtychoPINN `params.cfg` dict with `interop.from_legacy_dict(d, strict=False)`.

@@ -53,7 +53,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-from ptycholib import archive, config, data, notebooks, plotting, workflow
+from ptycholib import archive, batching, config, data, notebooks, plotting, workflow
 
 if smoke:
     n_groups, nepochs, supervised_epochs = 32, 2, 1
@@ -89,7 +89,7 @@ print(f"{train_data.n_positions} training positions, N={train_data.patch_size}; 
 # records the rate each epoch really used. The physics weight stays 1 (pure Poisson likelihood).
 
 # %%
-plan = config.epoch_plan(cfg.training)
+plan = batching.epoch_plan(cfg.training)
 plotting.schedule(plan).savefig(f"{fig_dir}/03_schedule_{backend}.png", dpi=110)
 
 # %% [markdown]

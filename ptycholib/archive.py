@@ -19,8 +19,6 @@ import hashlib
 import io
 import json
 import math
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ import numpy as np
 
 from ptycholib import __version__
 from ptycholib._checks import check_same_keys
+from ptycholib._io import atomic_write
 from ptycholib.config import Config, ConfigError, config_from_dict, config_to_dict
 
 __all__ = [
@@ -191,17 +190,10 @@ def save_model(path, archive):
         "sha256": {name: _sha256(data) for name, data in members.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr("manifest.json", json.dumps(manifest, indent=2) + "\n")
-            for name, data in members.items():
-                zf.writestr(name, data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as handle, zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manifest.json", json.dumps(manifest, indent=2) + "\n")
+        for name, data in members.items():
+            zf.writestr(name, data)
     return path
 
 

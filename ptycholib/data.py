@@ -21,11 +21,8 @@ one large object, which is what reconstruction and evaluation use.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
-import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ptycholib._checks import check_finite, check_nonnegative, check_same_length, check_shape, describe
+from ptycholib._io import atomic_write
 
 __all__ = [
     "PtychoData",
@@ -543,19 +541,8 @@ def save_npz(data, path):
         arrays["bad_pixels"] = data.bad_pixels
     if data.object_index is not None:
         arrays["object_index"] = data.object_index
-    # a unique name beside the target (same file system, so the rename is atomic); opened with the
-    # usual permissions (umask), unlike tempfile.mkstemp's 0600
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(temporary, "xb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    with atomic_write(path, "wb") as handle:
+        np.savez(handle, **arrays)
     return path
 
 

@@ -218,8 +218,8 @@ def schedule(plan):
 
     Parameters
     ----------
-    plan : sequence of config.EpochPlan
-        ``config.epoch_plan(training)``; each entry has ``epoch``, ``stage``, ``learning_rate`` and
+    plan : sequence of batching.EpochPlan
+        ``batching.epoch_plan(training)``; each entry has ``epoch``, ``stage``, ``learning_rate`` and
         ``physics_weight``.
 
     Returns

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 
-from . import config as _config
+from .batching import epoch_plan
 
 __all__ = [
     "LearningRateSchedule",
@@ -109,7 +109,7 @@ class LearningRateSchedule:
     Parameters
     ----------
     training : ptycholib.config.TrainingConfig
-        ``learning_rate``, ``lr_schedule`` and its parameters, and the stages (`epoch_plan`).
+        ``learning_rate``, ``lr_schedule`` and its parameters, and the stages (`ptycholib.batching.epoch_plan`).
     steps_per_epoch : int
         Optimiser steps in every epoch (``S``; the same in all epochs).
     losses : sequence of float, optional
@@ -138,7 +138,7 @@ class LearningRateSchedule:
             raise ValueError(f"steps_per_epoch={steps_per_epoch!r} must be a positive integer.")
         self.training = training
         self.steps_per_epoch = steps_per_epoch
-        self.factors = [entry.learning_rate_factor for entry in _config.epoch_plan(training)]
+        self.factors = [entry.learning_rate_factor for entry in epoch_plan(training)]
         self.total_steps = len(self.factors) * steps_per_epoch
         self.losses = [float(loss) for loss in losses]
 

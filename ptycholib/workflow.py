@@ -7,8 +7,6 @@ model trained by one backend reconstructs with the other.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ import numpy as np
 
 from ptycholib import archive as archive_io
 from ptycholib import forward, grouping, metrics, reassemble
+from ptycholib._io import atomic_write
 from ptycholib.archive import ModelArchive
 from ptycholib.backends import get_backend
 
@@ -340,14 +339,9 @@ def save_reconstruction(reconstruction, path, **metadata):
     path.parent.mkdir(parents=True, exist_ok=True)
     info = {"backend": reconstruction.backend, "inference_seconds": reconstruction.inference_seconds,
             "reassembly_seconds": reconstruction.reassembly_seconds, **metadata}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, object=reconstruction.obj, weights=reconstruction.weights, metadata=np.array(json.dumps(info)))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    metadata_json = np.array(json.dumps(info))
+    with atomic_write(path, "wb") as handle:
+        np.savez(handle, object=reconstruction.obj, weights=reconstruction.weights, metadata=metadata_json)
     return path
 
 

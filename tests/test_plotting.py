@@ -7,7 +7,7 @@ pytest.importorskip("matplotlib")
 
 from matplotlib.figure import Figure  # noqa: E402
 
-from ptycholib import config, grouping, plotting  # noqa: E402
+from ptycholib import batching, config, grouping, plotting  # noqa: E402
 
 
 def _image_axes(fig):
@@ -35,7 +35,7 @@ def test_scan_and_group_figures(tiny_dataset):
 
 
 def test_training_figures(tiny_dataset):
-    plan = config.epoch_plan(config.apply_overrides(config.Config(), {"nepochs": 5}).training)
+    plan = batching.epoch_plan(config.apply_overrides(config.Config(), {"nepochs": 5}).training)
     assert len(plotting.schedule(plan).axes) == 2
     history = [{"epoch": i, "loss": 1.0 / (i + 1), "val_loss": None} for i in range(4)]
     assert plotting.loss_curves({"run": history}).axes[0].get_yscale() == "log"
