@@ -371,13 +371,8 @@ def _describe(model_config):
 def config_and_simulator_rows(*, seed=0):
     """Config -> legacy dict -> config (exact) and the simulator run twice with one seed (bit-identical)."""
     from . import simulate
-    from .config import (
-        Config,
-        apply_overrides,
-        config_drift,
-        from_legacy_dict,
-        to_legacy_dict,
-    )
+    from .config import Config, apply_overrides
+    from .interop import config_drift, from_legacy_dict, to_legacy_dict
 
     cfg = apply_overrides(Config(), {"gridsize": 2, "backend": "tensorflow", "stages": [{"epochs": 50}]})
     back, _ = from_legacy_dict(to_legacy_dict(cfg))

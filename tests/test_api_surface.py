@@ -7,7 +7,7 @@ import pytest
 
 from ptycholib.backends import is_available
 
-SHARED = ["config", "data", "simulate", "grouping", "forward", "reassemble", "metrics", "archive", "workflow",
+SHARED = ["config", "interop", "data", "simulate", "grouping", "forward", "reassemble", "metrics", "archive", "workflow",
           "plotting", "baseline", "parity", "notebooks", "report", "bench", "backends", "batching", "cli", "schedules"]
 
 

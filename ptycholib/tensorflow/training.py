@@ -1,6 +1,6 @@
 """Training and batched prediction with Keras ``fit`` (SPEC section 4.6, Q7).
 
-`train` runs the multi-stage schedule of `ptycholib.config.epoch_plan` with Adam: a callback sets
+`train` runs the multi-stage schedule of `ptycholib.batching.epoch_plan` with Adam: a callback sets
 each epoch's physics weight and every optimiser step's learning rate (`ptycholib.schedules`); each
 stage is compiled anew because the trainable parts (encoder, probe) may change between stages, while the one Adam optimiser keeps its moments.
 The loss of an epoch with physics weight ``p`` is
@@ -20,7 +20,6 @@ import numpy as np
 import tensorflow as tf
 
 from .. import batching, schedules
-from .. import config as _config
 from . import network, physics
 
 __all__ = ["loss_gradients", "predict_patches", "train"]
@@ -321,7 +320,7 @@ def train(
         Measured amplitudes ``a`` (square roots of counts) that the loss compares against.
     training_config : ptycholib.config.TrainingConfig
         Batch size, learning rate and ``lr_schedule`` with its parameters (`ptycholib.schedules`),
-        loss weights, stages and schedule (`ptycholib.config.epoch_plan`), ``probe_trainable``,
+        loss weights, stages and schedule (`ptycholib.batching.epoch_plan`), ``probe_trainable``,
         ``intensity_scale_trainable``, ``seed`` (validation split and each epoch's batch order,
         both from `ptycholib.batching`, so torch sees the same batches), ``early_stopping_patience``
         (on the validation loss) and ``early_stopping_restore_best`` (the model ends with the
@@ -381,7 +380,7 @@ def train(
     precision = str(getattr(training_config, "precision", "32"))
     if precision not in _POLICIES:
         raise ValueError(f"precision={precision!r} is not supported; allowed values: '32', 'bf16-mixed'.")
-    plan = _config.epoch_plan(training_config)
+    plan = batching.epoch_plan(training_config)
     fraction = training_config.validation_fraction if validation_fraction is None else validation_fraction
     if not 0 <= fraction < 1:
         raise ValueError(f"validation_fraction={fraction!r} must be in [0, 1).")

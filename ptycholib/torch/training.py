@@ -1,7 +1,7 @@
 """Training and batched prediction with Lightning (SPEC sections 4.6 and Q7).
 
 `train` wraps the physics-informed model in a LightningModule and runs the multi-stage schedule of
-`ptycholib.config.epoch_plan` with Adam: at the start of every epoch the physics weight and the
+`ptycholib.batching.epoch_plan` with Adam: at the start of every epoch the physics weight and the
 trainable parts (encoder, probe) of that epoch are applied; the learning rate of every optimiser step
 comes from `ptycholib.schedules` through an ``LRScheduler`` that Lightning steps after each optimiser
 step (``interval='step'``). The loss of an epoch with
@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from .. import batching, schedules
-from .. import config as _config
 from . import network, physics
 
 __all__ = ["train", "predict_patches", "loss_gradients"]
@@ -398,7 +397,7 @@ def train(
     training_config : ptycholib.config.TrainingConfig
         Uses ``batch_size`` (global, over all devices), ``learning_rate`` and ``lr_schedule`` with its
         parameters (`ptycholib.schedules`), ``nll_weight``, ``mae_weight``, the stages and
-        physics-weight schedule (`ptycholib.config.epoch_plan`), ``probe_trainable``,
+        physics-weight schedule (`ptycholib.batching.epoch_plan`), ``probe_trainable``,
         ``intensity_scale_trainable``, ``seed`` (shuffling and validation split),
         ``early_stopping_patience`` (on the validation loss) and ``early_stopping_restore_best`` (the
         model ends with the weights of the epoch of lowest validation loss, kept in memory),
@@ -456,7 +455,7 @@ def train(
         if np.any(amplitudes < 0):
             raise ValueError("amplitudes has negative values; pass sqrt(counts) (amplitudes are >= 0).")
         groups["amplitudes"] = amplitudes
-    plan = _config.epoch_plan(training_config)
+    plan = batching.epoch_plan(training_config)
     fraction = training_config.validation_fraction if validation_fraction is None else validation_fraction
     if not 0 <= fraction < 1:
         raise ValueError(f"validation_fraction={fraction!r} must be in [0, 1).")

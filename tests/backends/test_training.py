@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from ptycholib import forward
-from ptycholib.config import ModelConfig, Stage, TrainingConfig, epoch_plan
+from ptycholib.batching import epoch_plan
+from ptycholib.config import ModelConfig, Stage, TrainingConfig
 
 N = 64
 
