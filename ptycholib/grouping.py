@@ -247,7 +247,7 @@ def group_neighbors(
 
 
 def groups_from_indices(x_px, y_px, indices):
-    """Build `Groups` from fixed member lists (e.g. SPEC 10's grid groups, `simulate.benchmark_scan`).
+    """Build `Groups` from fixed member lists (e.g. SPEC 10's grid groups, `bench.setting.benchmark_scan`).
 
     Parameters
     ----------

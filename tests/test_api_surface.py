@@ -8,7 +8,7 @@ import pytest
 from ptycholib.backends import is_available
 
 SHARED = ["config", "interop", "data", "simulate", "grouping", "forward", "reassemble", "metrics", "archive", "workflow",
-          "plotting", "baseline", "parity", "notebooks", "report", "bench", "backends", "batching", "cli", "schedules"]
+          "plotting", "baseline", "parity", "notebooks", "bench", "backends", "batching", "cli", "schedules"]
 
 
 @pytest.mark.parametrize("name", SHARED)

@@ -1,12 +1,14 @@
-"""The benchmark runner: registry, quick runs, table and JSON output (no timing asserts)."""
+"""The benchmark package: registry, quick runs, table and JSON output (no timing asserts), SPEC 10 setting."""
 
 import json
 import math
 
+import numpy as np
 import pytest
 
 from ptycholib import bench
 from ptycholib.backends import is_available
+from ptycholib.bench import setting
 from ptycholib.cli import main
 
 
@@ -35,9 +37,44 @@ def test_quick_simulate_rows_and_cli_json(capsys):
 @pytest.mark.slow
 @pytest.mark.skipif(not is_available("torch"), reason="needs torch")
 def test_spec10_measure_quick():
-    from ptycholib._bench_spec10 import measure
+    from ptycholib.bench.spec10 import measure
 
     figures = measure("torch", 2, 1, quick=True)
     assert set(figures) == {"train_groups_per_s", "inference_patterns_per_s", "reassembly_over_inference", "peak_gib",
                             "end_to_end_over_network"}
     assert all(value > 0 and math.isfinite(value) for value in figures.values())
+
+
+# ------------------------------------------------------------------------------------------------
+# SPEC 10 setting and the simulate benchmark
+
+
+def test_benchmark_setting_matches_spec_10():
+    shape, x_px, y_px, group_indices = setting.benchmark_scan(2)
+    assert shape == (392, 392) and x_px.size == 1089 * 4 and group_indices.shape == (1089, 4)
+    corners = np.stack([x_px - 32, y_px - 32], 1)  # top-left of each 64 x 64 window
+    assert corners.min() >= 0 and (corners + 64).max() <= shape[0]
+    assert np.array_equal(x_px, np.round(x_px))
+    members = np.stack([x_px[group_indices[0]], y_px[group_indices[0]]], 1)
+    assert (members - members.mean(0)).tolist() == [[-2, -2], [2, -2], [-2, 2], [2, 2]]
+    anchors = x_px[group_indices[:, 0]]
+    assert np.diff(np.unique(anchors)).tolist() == [10.0] * 32
+    shape1, x1, _, groups1 = setting.benchmark_scan(1)
+    assert x1.size == 1089 and groups1.shape == (1089, 1) and shape1[0] <= shape[0]
+
+
+def test_simulate_benchmark_small():
+    data = setting.simulate_benchmark(2, n_side=3, nphotons=1e6, seed=0)
+    assert data.train.n_positions == 36 and data.train_groups.indices.shape == (9, 4)
+    assert not np.angle(data.train.obj).any() and not np.array_equal(data.train.obj, data.test.obj)
+    np.testing.assert_allclose(data.train_groups.offsets.mean(axis=1), 0, atol=1e-6)
+
+
+def test_simulate_benchmark_reports_ratios(monkeypatch):
+    from ptycholib.bench import simulate as bench_simulate
+
+    monkeypatch.setattr(bench_simulate, "benchmark_scan",
+                        lambda gridsize, n_side, _scan=setting.benchmark_scan: _scan(gridsize, n_side=4))  # fmt: skip
+    rows = {row.name: row for row in bench_simulate.bench_simulate(quick=True)}
+    assert rows["simulation / FFT"].target == ">= 0.5" and rows["simulation / FFT"].value > 0
+    assert 0 < rows["Poisson share of simulation time"].value < 1

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from ptycholib import notebooks
@@ -26,3 +28,16 @@ def test_combined_table(tmp_path):
             NotebookRun("01_x", {}, tmp_path / "01_x__a-2.ipynb", tmp_path, {"ssim": 0.75})]
     table = notebooks.combined_table(runs)
     assert "| run | ssim |" in table and "| 01_x__a-2 | 0.75 |" in table
+
+
+def test_write_summary_markdown_and_json(tmp_path):
+    (tmp_path / "01_loss.png").write_bytes(b"")
+    metrics = {"ssim": 0.123456, "backend": "torch", "missing": None,
+               "stages": [{"stage": 1, "loss": 0.5}, {"stage": 2, "loss": None}]}
+    runs = [NotebookRun("01_x", {}, tmp_path / "01_x.ipynb", tmp_path, metrics)]
+    markdown, json_path = notebooks.write_summary(runs, tmp_path / "report" / "REPORT.md")
+    text = markdown.read_text()
+    assert "## 01_x" in text and "| ssim | 0.1235 |" in text and "| missing |  |" in text
+    assert "**stages**" in text and "| 2 |  |" in text and "![01_loss](../01_loss.png)" in text
+    assert "## All runs" in text
+    assert json.loads(json_path.read_text()) == {"01_x": metrics}

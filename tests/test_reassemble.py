@@ -177,7 +177,7 @@ def test_backend_real_input_and_errors(rng, backend):
 
 
 def test_quick_benchmark_rows(monkeypatch):
-    from ptycholib import _bench_reassemble
+    from ptycholib.bench import reassemble as _bench_reassemble
 
     monkeypatch.setattr(_bench_reassemble, "_torch_inference_seconds", lambda n_positions, patch_size: 1.0)
     rows = {row.name: row for row in _bench_reassemble.reassemble_benchmark(quick=True)}

@@ -273,27 +273,8 @@ def test_several_objects_with_a_spiral_scan():
     assert first.max() + N // 2 <= second.min() - N // 2  # no window reaches across the gap
 
 
-def test_benchmark_setting_matches_spec_10():
-    shape, x_px, y_px, group_indices = simulate.benchmark_scan(2)
-    assert shape == (392, 392) and x_px.size == 1089 * 4 and group_indices.shape == (1089, 4)
-    assert _windows_inside(x_px, y_px, shape) and np.array_equal(x_px, np.round(x_px))
-    members = np.stack([x_px[group_indices[0]], y_px[group_indices[0]]], 1)
-    assert (members - members.mean(0)).tolist() == [[-2, -2], [2, -2], [-2, 2], [2, 2]]
-    anchors = x_px[group_indices[:, 0]]
-    assert np.diff(np.unique(anchors)).tolist() == [10.0] * 32
-    shape1, x1, _, groups1 = simulate.benchmark_scan(1)
-    assert x1.size == 1089 and groups1.shape == (1089, 1) and shape1[0] <= shape[0]
-
-
-def test_simulate_benchmark_small():
-    bench = simulate.simulate_benchmark(2, n_side=3, nphotons=1e6, seed=0)
-    assert bench.train.n_positions == 36 and bench.train_groups.indices.shape == (9, 4)
-    assert not np.angle(bench.train.obj).any() and not np.array_equal(bench.train.obj, bench.test.obj)
-    np.testing.assert_allclose(bench.train_groups.offsets.mean(axis=1), 0, atol=1e-6)
-
-
 # ------------------------------------------------------------------------------------------------
-# command line and benchmark
+# command line
 
 
 def test_simulate_command_writes_train_and_test(tmp_path, capsys):
@@ -330,13 +311,3 @@ def test_simulate_command_bad_input_and_help(tmp_path, capsys):
     for option in ("--object", "--probe", "--nphotons", "--n-train", "--n-test", "--seed", "--out", "--step-px",
                    "--scan", "--jitter-px", "--beamstop-radius-px", "--bad-pixel-fraction", "--noiseless", "--n-objects"):
         assert option in shown
-
-
-def test_benchmark_reports_ratios(monkeypatch):
-    from ptycholib import _bench_simulate
-
-    monkeypatch.setattr(_bench_simulate.simulate, "benchmark_scan",
-                        lambda gridsize, n_side, _scan=simulate.benchmark_scan: _scan(gridsize, n_side=4))  # fmt: skip
-    rows = {row.name: row for row in _bench_simulate.bench_simulate(quick=True)}
-    assert rows["simulation / FFT"].target == ">= 0.5" and rows["simulation / FFT"].value > 0
-    assert 0 < rows["Poisson share of simulation time"].value < 1

@@ -6,17 +6,20 @@ from pathlib import Path
 
 from ptycholib import data, simulate
 
+__all__ = ["register", "run"]
+
 
 def register(subparsers):
-    parser = subparsers.add_parser(
-        "simulate",
-        help="simulate DIR/train.npz and DIR/test.npz (different objects, one probe)",
-        description="Simulate a training and a test set on two different random objects of one kind, with "
-        "one probe and Poisson noise, and write them in ptycholib's NPZ contract (amplitudes under diff3d, "
-        "positions in object pixels, ground truth under objectGuess). With --n-objects K the training set scans K "
-        "independent objects, tiles of one mosaic objectGuess separated by vacuum, and object_index names each "
-        "position's tile; the test set is always one held-out object. The same arguments give bit-identical files.",
-    )
+    """Add ``ptycholib simulate``, the seeded simulator of train.npz and test.npz."""
+    parser = subparsers.add_parser("simulate",
+                                   help="simulate DIR/train.npz and DIR/test.npz (different objects, one probe)",
+                                   description="Simulate a training and a test set on two different random objects of "
+                                   "one kind, with one probe and Poisson noise, and write them in ptycholib's NPZ "
+                                   "contract (amplitudes under diff3d, positions in object pixels, ground truth under "
+                                   "objectGuess). With --n-objects K the training set scans K independent objects, "
+                                   "tiles of one mosaic objectGuess separated by vacuum, and object_index names each "
+                                   "position's tile; the test set is always one held-out object. The same arguments "
+                                   "give bit-identical files.")
     parser.add_argument("--object", default="lines", choices=simulate.OBJECT_KINDS,
                         help="object kind (default: lines)")
     parser.add_argument("--probe", default="disk", choices=simulate.PROBE_KINDS,
@@ -44,7 +47,7 @@ def register(subparsers):
     parser.add_argument("--noiseless", action="store_true", help="expected counts, no Poisson noise")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
-    parser.set_defaults(func=_simulate)
+    parser.set_defaults(func=run)
 
 
 _SAME_NAMES = (
@@ -53,7 +56,8 @@ _SAME_NAMES = (
 )  # fmt: skip
 
 
-def _simulate(args):
+def run(args):
+    """Simulate ``args.out``/train.npz and test.npz; return the exit status."""
     options = {name: getattr(args, name) for name in _SAME_NAMES}
     train, test = simulate.simulate_train_test(
         object_kind=args.object, probe_kind=args.probe, noise=not args.noiseless, **options

@@ -10,9 +10,11 @@ import math
 import zipfile
 from pathlib import Path
 
-
 from ptycholib import data, metrics, workflow
+from ptycholib.cli._common import add_measurement, require_at_least_one
 from ptycholib.config import InferenceConfig
+
+__all__ = ["register", "run"]
 
 _UNITS = {
     "phase_rmse": "rad",
@@ -34,6 +36,7 @@ _UNITS = {
 
 
 def register(subparsers):
+    """Add ``ptycholib evaluate``, which scores a reconstruction against the true object."""
     parser = subparsers.add_parser(
         "evaluate",
         help="score a reconstruction against the true object (SSIM, PSNR, phase RMSE, FRC)",
@@ -63,12 +66,8 @@ def register(subparsers):
         "the cap and whether the cap bound it (shift_capped). 'inf' removes the cap (default: %(default)s)",
     )
     parser.add_argument("--remove-ramp", action="store_true", help="also remove a linear phase ramp")
-    parser.add_argument(
-        "--measurement",
-        choices=("amplitude", "intensity"),
-        help="how to read a float diff3d without metadata (the patterns are not used, only validated)",
-    )
-    parser.set_defaults(func=_evaluate)
+    add_measurement(parser, "how to read a float diff3d without metadata (the patterns are not used, only validated)")
+    parser.set_defaults(func=run)
 
 
 def _load_truth(path, measurement):
@@ -94,7 +93,8 @@ def _format(value):
     return f"{value:.4g}"
 
 
-def _evaluate(args):
+def run(args):
+    """Score the reconstruction in ``args.recon`` against ``args.truth`` and print it; return the exit status."""
     obj, _ = workflow.load_reconstruction(args.recon)
     dataset = _load_truth(args.truth, args.measurement)
     if obj.shape != dataset.obj.shape:
@@ -102,8 +102,7 @@ def _evaluate(args):
             f"object in {Path(args.recon).name} is {obj.shape} but objectGuess in {Path(args.truth).name} is "
             f"{dataset.obj.shape}; a reconstruction must be on the data's object grid."
         )
-    if args.window < 1:
-        raise ValueError(f"--window={args.window} must be >= 1 pixel.")
+    require_at_least_one(args.window, "--window", "pixel")
     if not args.max_shift_px >= 0:  # also NaN
         raise ValueError(f"--max-shift-px={args.max_shift_px} must be >= 0 pixels ('inf' for no cap).")
     mask = metrics.scanned_region_mask(dataset.x_px, dataset.y_px, obj.shape, args.window)

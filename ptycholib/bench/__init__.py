@@ -1,8 +1,10 @@
 """Named benchmarks: figures and ratios measured in one run (SPEC: speed is a ratio, never an assert).
 
-A benchmark is a function ``fn(quick: bool) -> list[Row]`` registered with `register`. Modules that
-define benchmarks are listed in ``_BENCH_MODULES`` and imported on demand, so a missing optional
-backend only removes its benchmarks.
+A benchmark is a function ``fn(quick: bool) -> list[Row]`` registered with `register`. The modules of
+this package that define benchmarks (``reassemble``, ``simulate``, ``backends``, ``spec10``) are listed
+in ``_BENCH_MODULES`` and imported on demand, so a missing optional backend only removes its
+benchmarks. ``setting`` holds SPEC section 10's benchmark scan and data, used by ``simulate`` and
+``spec10``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 __all__ = ["Row", "register", "available", "run", "pin_threads", "best_time", "format_table", "rows_to_json"]
 
-_BENCH_MODULES = ("_bench_reassemble", "_bench_simulate", "_bench_backends", "_bench_spec10")
+_BENCH_MODULES = ("reassemble", "simulate", "backends", "spec10")
 _REGISTRY = {}
 
 
@@ -55,7 +57,7 @@ def register(name):
 def _load_modules():
     for module in _BENCH_MODULES:
         try:
-            importlib.import_module(f"ptycholib.{module}")
+            importlib.import_module(f"{__name__}.{module}")
         except ImportError:  # an optional backend is not installed: its benchmarks are absent
             continue
 

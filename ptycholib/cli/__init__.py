@@ -1,8 +1,9 @@
 """The ``ptycholib`` command: ``python -m ptycholib <subcommand> ...``.
 
-Each subcommand lives in its own module ``ptycholib/_cmd_<name>.py`` with ``register(subparsers)``.
-Convention for every subcommand: bad input exits with status 2 and one clear line on stderr (what was
-wrong, which file or key), never a traceback.
+Each subcommand lives in its own module ``ptycholib/cli/<name>.py`` with ``register(subparsers)``, which
+adds its parser, and ``run(args)``, the function that parser dispatches to; argument helpers shared by
+several subcommands are in ``ptycholib/cli/_common.py``. Convention for every subcommand: bad input exits
+with status 2 and one clear line on stderr (what was wrong, which file or key), never a traceback.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ def build_parser():
     subparsers.required = True
     for name in _COMMANDS:
         try:
-            module = importlib.import_module(f"ptycholib._cmd_{name}")
+            module = importlib.import_module(f"ptycholib.cli.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"ptycholib._cmd_{name}":
+            if exc.name != f"ptycholib.cli.{name}":
                 raise
             continue
         module.register(subparsers)

@@ -10,20 +10,23 @@ import argparse
 import logging
 import sys
 
-__all__ = ["register"]
+from ptycholib.cli._common import add_actions
+
+__all__ = ["register", "run"]
 
 
 def register(subparsers):
-    parser = subparsers.add_parser(
+    """Add ``ptycholib ptychodus`` with its actions reconstruct, train, settings, list and run."""
+    actions = add_actions(
+        subparsers,
         "ptychodus",
+        run,
         help="run ptychodus's batch mode (reconstruct / train) with ptycholib's reconstructors",
         description="Run ptychodus 1.7.0's batch mode on a standard input folder (diffraction.h5, product.h5, "
         "optional settings.ini and model.zip) with ptycholib's reconstructor library injected. Algorithms: "
         "ptycholib_torch, ptycholib_tensorflow, ptycholib_torch-supervised, ptycholib_tensorflow-supervised. "
         "See docs/ptychodus.md.",
     )
-    actions = parser.add_subparsers(dest="action", metavar="ACTION")
-    actions.required = True
     for action, text in (
         ("reconstruct", "reconstruct IN with a trained model; writes OUT/product.NNNNNN.h5"),
         ("train", "train on IN (train_data.npz, or diffraction.h5 + product.h5); writes OUT/wts.h5.zip"),
@@ -38,7 +41,6 @@ def register(subparsers):
             sub.add_argument("--model", help="model archive to use instead of IN/model.zip")
         sub.add_argument("--log-level", type=int, default=logging.WARNING,
                          help="Python logging level of ptychodus's console log (default 30; 20 shows progress)")
-        sub.set_defaults(func=_batch)
     settings = actions.add_parser(
         "settings",
         help="write a settings.ini with [Processing] Algorithm and ptycholib's groups at their defaults",
@@ -49,9 +51,7 @@ def register(subparsers):
     settings.add_argument("--algorithm", default="ptycholib_torch", help="algorithm key (default ptycholib_torch)")
     settings.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                           metavar="Group.Parameter=value", help="changes, e.g. --set PtycholibTraining.NumEpochs=5")
-    settings.set_defaults(func=_settings)
-    listing = actions.add_parser("list", help="list the algorithm keys ptychodus offers with ptycholib injected")
-    listing.set_defaults(func=_list)
+    actions.add_parser("list", help="list the algorithm keys ptychodus offers with ptycholib injected")
     app = actions.add_parser(
         "run",
         help="run the ptychodus program itself (GUI, or -b batch) with ptycholib injected",
@@ -61,7 +61,12 @@ def register(subparsers):
     )
     app.add_argument("arguments", nargs=argparse.REMAINDER, metavar="-- PTYCHODUS_ARGS",
                      help="arguments for ptychodus (after --)")
-    app.set_defaults(func=_run)
+
+
+def run(args):
+    """Carry out ``args.action``; return the exit status."""
+    handlers = {"reconstruct": _batch, "train": _batch, "settings": _settings, "list": _list, "run": _run_ptychodus}
+    return handlers[args.action](args)
 
 
 def _batch(args):
@@ -97,7 +102,7 @@ def _settings(args):
     return 0
 
 
-def _run(args):
+def _run_ptychodus(args):
     from ptycholib import ptychodus as adapter
 
     arguments = list(args.arguments)

@@ -36,10 +36,11 @@ def measure(backend, gridsize, n_filters_scale, *, quick=False, timing_groups=25
     """Measure one backend and configuration in this process; return a dict of figures."""
     import resource
 
-    from ptycholib import reassemble, simulate, workflow
+    from ptycholib import reassemble, workflow
+    from ptycholib.bench.setting import simulate_benchmark
     from ptycholib.config import Config, apply_overrides
 
-    bench = simulate.simulate_benchmark(gridsize, n_side=6 if quick else 33)
+    bench = simulate_benchmark(gridsize, n_side=6 if quick else 33)
     cfg = apply_overrides(Config(), {
         "backend": backend, "gridsize": gridsize, "n_filters_scale": n_filters_scale, "batch_size": 16,
         "nepochs": 2, "validation_fraction": 0.0, "logger": "none", "neighbor_count": max(4, gridsize**2),
@@ -72,7 +73,7 @@ def measure(backend, gridsize, n_filters_scale, *, quick=False, timing_groups=25
 
 def _measure_in_subprocess(backend, gridsize, n_filters_scale, quick, threads):
     code = (
-        "import json, sys; from ptycholib._bench_spec10 import measure; "
+        "import json, sys; from ptycholib.bench.spec10 import measure; "
         f"print('RESULT' + json.dumps(measure({backend!r}, {gridsize}, {n_filters_scale}, quick={quick})))"
     )
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TF_NUM_INTRAOP_THREADS=str(threads),

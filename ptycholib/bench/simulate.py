@@ -9,6 +9,9 @@ import scipy.fft
 
 from ptycholib import simulate
 from ptycholib.bench import Row, best_time, register
+from ptycholib.bench.setting import benchmark_scan
+
+__all__ = ["bench_simulate"]
 
 _BATCH = 256
 
@@ -27,7 +30,7 @@ def bench_simulate(quick):
     exact Poisson draws, the square root and the `PtychoData` validation.
     """
     workers = int(os.environ.get("OMP_NUM_THREADS", "1"))
-    shape, x_px, y_px, _ = simulate.benchmark_scan(2, n_side=12 if quick else 33)
+    shape, x_px, y_px, _ = benchmark_scan(2, n_side=12 if quick else 33)
     obj = simulate.make_object("lines", shape, 0, amplitude_range=(0.0, 1.0), amplitude_only=True)
     probe = simulate.make_probe("disk", 64)
     n_patterns = x_px.size

@@ -6,28 +6,29 @@ import csv
 from pathlib import Path
 
 from ptycholib import archive, data, workflow
+from ptycholib.cli._common import add_backend, add_measurement
 from ptycholib.config import Config, apply_overrides, load_config
+
+__all__ = ["register", "run"]
 
 
 def register(subparsers):
-    parser = subparsers.add_parser(
-        "train",
-        help="train a model and write DIR/wts.h5.zip and DIR/history.csv",
-        description="Train on a data set in ptycholib's NPZ contract. Config: --config FILE, then key=value "
-        "overrides (e.g. nepochs=5 gridsize=2), then --backend.",
-    )
+    """Add ``ptycholib train`` (data, backend, config file and key=value overrides)."""
+    parser = subparsers.add_parser("train", help="train a model and write DIR/wts.h5.zip and DIR/history.csv",
+                                   description="Train on a data set in ptycholib's NPZ contract. Config: --config "
+                                   "FILE, then key=value overrides (e.g. nepochs=5 gridsize=2), then --backend.")
     parser.add_argument("--data", required=True, help="training data (.npz, SPEC section 5)")
-    parser.add_argument("--backend", choices=("torch", "tensorflow"), help="overrides training.backend")
+    add_backend(parser, "overrides training.backend")
     parser.add_argument("--config", help="config file (.json/.yaml); defaults when omitted")
-    parser.add_argument("--measurement", choices=("amplitude", "intensity"),
-                        help="how to read a float diff3d without metadata")
+    add_measurement(parser)
     parser.add_argument("--out", required=True, help="output folder for wts.h5.zip, history.csv and logs")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    parser.set_defaults(func=_train)
+    parser.set_defaults(func=run)
 
 
-def _train(args):
+def run(args):
+    """Train on ``args.data`` and write the model and history to ``args.out``; return the exit status."""
     config = load_config(args.config) if args.config else Config()
     items = list(args.overrides) + ([f"backend={args.backend}"] if args.backend else [])
     config = apply_overrides(config, items)
