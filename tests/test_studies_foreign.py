@@ -9,6 +9,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:'xdrlib' is deprecated:Deprecati
 
 from ptycholib import data as data_module
 from ptycholib import simulate
+from ptycholib.ptychodus import load_ptychodus_h5
 from ptycholib.studies import foreign
 
 
@@ -39,7 +40,7 @@ def test_command_line_writes_ptychodus_files_and_our_npz(tmp_path, capsys):
 
 def test_truth_probe_and_positions_share_our_grid(tmp_path):
     scan = foreign.simulate_ptychodus_scan(tmp_path / "scan", n_side=7, seed=3, photons_per_pattern=1e9)
-    from_files = data_module.load_ptychodus_h5(tmp_path / "scan" / "diffraction.h5", tmp_path / "scan" / "product.h5")
+    from_files = load_ptychodus_h5(tmp_path / "scan" / "diffraction.h5", tmp_path / "scan" / "product.h5")
     np.testing.assert_array_equal(scan.amplitudes, from_files.amplitudes)
     np.testing.assert_array_equal(scan.obj, from_files.obj)
     n = scan.patch_size

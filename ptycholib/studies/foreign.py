@@ -17,7 +17,7 @@ simulator shipped with ptychodus 1.7.0, with another probe and object family:
   counts as a detector would give.
 
 The scan goes to disk with ptychodus's writers (``diffraction.h5`` + ``product.h5``, the product
-holding the *true* object and probe) and comes back through `ptycholib.data.load_ptychodus_h5`, the
+holding the *true* object and probe) and comes back through `ptycholib.ptychodus.load_ptychodus_h5`, the
 path a beamline user takes: counts become amplitudes, positions in metres become our window centres
 (ptychodus pixel + 0.5 for even N, SPEC section 10).
 
@@ -49,6 +49,7 @@ import numpy as np
 
 from ptycholib import data as data_module
 from ptycholib import simulate
+from ptycholib.ptychodus.files import load_ptychodus_h5
 
 __all__ = [
     "DETECTOR_DISTANCE_M",
@@ -162,7 +163,7 @@ def simulate_ptychodus_scan(
     Returns
     -------
     ptycholib.data.PtychoData
-        `ptycholib.data.load_ptychodus_h5` of the two files, with the truth as ``obj``, the file's
+        `ptycholib.ptychodus.load_ptychodus_h5` of the two files, with the truth as ``obj``, the file's
         probe (see the module notes on its quadratic phase) and provenance added to ``metadata``
         (``generator``, ``seed``, ``nphotons``, ``mean_counts_per_pattern``, object and probe
         parameters).
@@ -251,7 +252,7 @@ def simulate_ptychodus_scan(
     pd["save_diffraction_data"](diffraction_path, assembled)
     pd["save_product"](product_path, truth)
 
-    loaded = data_module.load_ptychodus_h5(diffraction_path, product_path)
+    loaded = load_ptychodus_h5(diffraction_path, product_path)
     parameters["mean_counts_per_pattern"] = float(counts.sum(axis=(1, 2), dtype=np.float64).mean())
     return dataclasses.replace(loaded, metadata={**loaded.metadata, **parameters})
 
