@@ -24,7 +24,7 @@ import numpy as np
 from ptycholib import forward
 from ptycholib.reassemble import scatter_add_patches
 
-__all__ = ["EPIEResult", "epie", "epie_numpy", "epie_ptylab", "ptylab_available", "ENGINES"]
+__all__ = ["EPIEResult", "epie", "epie_numpy", "epie_ptylab", "effective_probe", "ptylab_available", "ENGINES"]
 
 ENGINES = ("numpy", "ptylab")
 
@@ -90,7 +90,8 @@ def _check_inputs(amplitudes, x_px, y_px, probe, canvas_shape, n_iterations):
     return amplitudes, x_px, y_px, probe.astype(np.complex128), shape
 
 
-def _effective_probe(amplitudes, probe, fit_probe_power):
+def effective_probe(amplitudes, probe, fit_probe_power=True):
+    """Return ``(probe * c, c)`` with ``c`` making a unit-modulus object reproduce the mean measured energy (1 when not fitting)."""
     if not fit_probe_power:
         return probe, 1.0
     mean_energy = float(np.mean(np.sum(amplitudes**2, axis=(-2, -1))))
@@ -175,7 +176,7 @@ def epie_numpy(
         raise ValueError(f"alpha={alpha!r} must be in (0, 1].")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
-    probe, probe_scale = _effective_probe(amplitudes, probe, fit_probe_power)
+    probe, probe_scale = effective_probe(amplitudes, probe, fit_probe_power)
     obj = _initial_object(initial_object, shape)
     patch_size = amplitudes.shape[-1]
     # Work on the unshifted FFT grid with unnormalised transforms: measured |F psi| = N * a.
@@ -251,7 +252,7 @@ def epie_ptylab(amplitudes, x_px, y_px, probe, canvas_shape, *, n_iterations=50,
             "(or the ptycholib[ptylab] extra); epie_numpy needs nothing extra."
         ) from exc
     amplitudes, x_px, y_px, probe, shape = _check_inputs(amplitudes, x_px, y_px, probe, canvas_shape, n_iterations)
-    probe, probe_scale = _effective_probe(amplitudes, probe, fit_probe_power)
+    probe, probe_scale = effective_probe(amplitudes, probe, fit_probe_power)
     obj = _initial_object(initial_object, shape)
     patch_size = amplitudes.shape[-1]
     margin = patch_size // 2 + 1
