@@ -49,6 +49,7 @@ __all__ = [
     "bilinear_plan",
     "batch_loss",
     "fit_object_scale",
+    "start_from_reconstruction",
     "network_start",
     "Refinement",
     "refine",
@@ -251,6 +252,28 @@ def fit_object_scale(obj, probe, amplitudes, x_px, y_px):
     return float(np.sum(predicted * measured)) / energy
 
 
+def start_from_reconstruction(reconstruction, canvas_shape):
+    """Turn a network's `ptycholib.workflow.Reconstruction` into a refinement start.
+
+    Parameters
+    ----------
+    reconstruction : ptycholib.workflow.Reconstruction
+    canvas_shape : tuple of int
+        The canvas of the refinement; the network's canvas is cropped or padded to it.
+
+    Returns
+    -------
+    ndarray of shape canvas_shape, complex64
+        The network's object where it reconstructed one, 1 elsewhere (the flat start).
+    """
+    obj = np.ones(canvas_shape, dtype=np.complex64)
+    rows = min(canvas_shape[0], reconstruction.obj.shape[0])
+    cols = min(canvas_shape[1], reconstruction.obj.shape[1])
+    reached = reconstruction.weights[:rows, :cols] > 0
+    obj[:rows, :cols][reached] = reconstruction.obj[:rows, :cols][reached]
+    return obj
+
+
 def network_start(model, data, canvas_shape, *, backend=None):
     """Reconstruct with a trained model and turn the result into a refinement start.
 
@@ -259,13 +282,12 @@ def network_start(model, data, canvas_shape, *, backend=None):
     model : TrainedModel, ModelArchive or path
     data : ptycholib.data.PtychoData
     canvas_shape : tuple of int
-        The canvas of the refinement; the network's canvas is cropped or padded to it.
     backend : str, optional
 
     Returns
     -------
     obj : ndarray of shape canvas_shape, complex64
-        The network's object where it reconstructed one, 1 elsewhere (the flat start).
+        See `start_from_reconstruction`.
     seconds : float
         Inference, reassembly and the canvas preparation (model construction excluded).
     """
@@ -273,11 +295,7 @@ def network_start(model, data, canvas_shape, *, backend=None):
 
     reconstruction = workflow.reconstruct(model, data, backend=backend)
     begin = time.perf_counter()
-    obj = np.ones(canvas_shape, dtype=np.complex64)
-    rows = min(canvas_shape[0], reconstruction.obj.shape[0])
-    cols = min(canvas_shape[1], reconstruction.obj.shape[1])
-    reached = reconstruction.weights[:rows, :cols] > 0
-    obj[:rows, :cols][reached] = reconstruction.obj[:rows, :cols][reached]
+    obj = start_from_reconstruction(reconstruction, canvas_shape)
     return obj, reconstruction.total_seconds + time.perf_counter() - begin
 
 

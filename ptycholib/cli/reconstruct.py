@@ -1,10 +1,10 @@
-"""``ptycholib reconstruct --model M --data D [--backend B] [--batch-size N] --out recon.npz``."""
+"""``ptycholib reconstruct --model M --data D [--backend B] [--batch-size N] [--refine K [--refine-probe]] --out recon.npz``."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from ptycholib import archive, data, workflow
+from ptycholib import archive, data, refine, workflow
 from ptycholib.cli._common import add_backend, add_measurement, require_at_least_one
 
 __all__ = ["register", "run"]
@@ -21,6 +21,12 @@ def register(subparsers):
     add_backend(parser, "predict with this backend (default: the one that trained the model)")
     parser.add_argument("--batch-size", type=int, help="groups per prediction batch")
     add_measurement(parser)
+    parser.add_argument("--refine", type=int, default=0, metavar="K",
+                        help="then refine the network's object through the physics for K sweeps over the scan "
+                        "(ptycholib.refine; 0 = network only)")
+    parser.add_argument("--refine-probe", action="store_true", help="refine the probe too (with --refine)")
+    parser.add_argument("--refine-alpha", type=float, default=refine.RefineOptions.alpha,
+                        help="rPIE step regulariser in (0, 1] of the refinement (default %(default)s)")
     parser.add_argument("--out", required=True, help="output .npz")
     parser.set_defaults(func=run)
 
@@ -32,9 +38,28 @@ def run(args):
     if args.batch_size is not None:
         require_at_least_one(args.batch_size, "--batch-size")
         inference = dataclasses.replace(inference, batch_size=args.batch_size)
+    if args.refine < 0:
+        raise ValueError(f"--refine={args.refine} must be >= 0 (0: network only).")
+    if args.refine_probe and not args.refine:
+        raise ValueError("--refine-probe needs --refine K with K >= 1.")
+    options = refine.RefineOptions(alpha=args.refine_alpha, probe_trainable=args.refine_probe)
     dataset = data.load_npz(args.data, measurement=args.measurement)
     recon = workflow.reconstruct(model, dataset, backend=args.backend, inference=inference)
-    path = workflow.save_reconstruction(recon, args.out, source=str(args.data), model=str(args.model))
+    metadata = {"source": str(args.data), "model": str(args.model), "refine_iterations": args.refine}
+    refined = ""
+    if args.refine:
+        start = refine.start_from_reconstruction(recon, recon.obj.shape)
+        result = refine.refine(None, dataset, initial_object=start, n_iterations=args.refine, backend=recon.backend,
+                               canvas_shape=recon.obj.shape, **_fields(options))
+        recon = dataclasses.replace(recon, obj=result.obj)
+        metadata.update(refine_probe=args.refine_probe, refine_alpha=args.refine_alpha,
+                        refine_seconds=round(result.seconds, 3), refine_final_loss=float(result.losses[-1]))
+        refined = f", refined {args.refine} sweeps in {result.seconds:.2f} s"
+    path = workflow.save_reconstruction(recon, args.out, **metadata)
     print(f"reconstructed {recon.object_patches.shape[0]} groups with {recon.backend} in "
-          f"{recon.inference_seconds:.2f} s (+{recon.reassembly_seconds:.2f} s reassembly); wrote {path}")
+          f"{recon.inference_seconds:.2f} s (+{recon.reassembly_seconds:.2f} s reassembly){refined}; wrote {path}")
     return 0
+
+
+def _fields(options):
+    return {field.name: getattr(options, field.name) for field in dataclasses.fields(options)}
