@@ -23,6 +23,7 @@ __all__ = [
     "error_maps",
     "frc_curves",
     "table_figure",
+    "quality_versus_time",
     "difference_maps",
 ]
 
@@ -380,6 +381,36 @@ def frc_curves(results, *, title="Fourier ring correlation with the truth"):
     ax.set_ylabel("FRC")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
+    return fig
+
+
+def quality_versus_time(rows, *, key="amplitude_ssim", title=None, target=None):
+    """Plot one line per method of ``rows`` (`ptycholib.refine.compare_starts`): a score against seconds.
+
+    Parameters
+    ----------
+    rows : list of dict
+        With ``method``, ``seconds``, ``iterations`` and ``key``.
+    key : str
+        The score on the y axis.
+    title : str, optional
+    target : float, optional
+        Draw a horizontal line at this score (e.g. ePIE-30's).
+    """
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for method in dict.fromkeys(row["method"] for row in rows):
+        mine = [row for row in rows if row["method"] == method]
+        (line,) = ax.plot([r["seconds"] for r in mine], [r[key] for r in mine], marker="o", label=method)
+        for r in mine[-1:]:
+            ax.annotate(str(r["iterations"]), (r["seconds"], r[key]), textcoords="offset points", xytext=(4, -10),
+                        fontsize=8, color=line.get_color())
+    if target is not None:
+        ax.axhline(target, color="0.5", lw=0.8, ls="--")
+    ax.set_xlabel("seconds (start included)")
+    ax.set_ylabel(key.replace("_", " "))
+    ax.set_title(title or f"{key.replace('_', ' ')} versus time")
+    ax.legend()
     return fig
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "network_start",
     "Refinement",
     "refine",
+    "compare_starts",
 ]
 
 OPTIMIZERS = ("pie", "adam")
@@ -443,3 +444,72 @@ def _progress_bar(total):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="refine", unit="sweep")
+
+
+def compare_starts(model, data, iterations, *, reconstruction=None, epie_iterations=30, mask=None, backend="torch",
+                   **options):
+    """Score the network alone, network + refinement, flat start + refinement and ePIE against time.
+
+    Everything runs in this process with the current threads, so the seconds are comparable; each
+    refinement is one run whose intermediate objects are kept at the asked iteration counts
+    (``snapshots``), and ePIE runs in consecutive chunks chained through ``initial_object`` (one new
+    visiting order per chunk), so its curve costs one run.
+
+    Parameters
+    ----------
+    model : TrainedModel, ModelArchive or path
+    data : ptycholib.data.PtychoData
+        A scan with its true object.
+    iterations : sequence of int
+        Sweep counts at which the refinements are scored.
+    reconstruction : ptycholib.workflow.Reconstruction, optional
+        The model's reconstruction of ``data`` when already made (its ``total_seconds`` count as the
+        network's time); default: reconstruct here.
+    epie_iterations : int
+        ePIE sweeps (`ptycholib.baseline.epie_numpy`); scored at every count of ``iterations`` below
+        it and at ``epie_iterations``.
+    mask : ndarray of bool, optional
+        Region to score (`ptycholib.workflow.evaluate`); default the scanned region with a 20 px window.
+    backend : str
+    **options
+        `RefineOptions` fields for both refinements.
+
+    Returns
+    -------
+    list of dict
+        One row per (method, iterations): ``method``, ``iterations``, ``seconds`` (start included),
+        ``amplitude_ssim``, ``phase_rmse``.
+    """
+    from ptycholib import baseline, metrics, workflow
+
+    canvas_shape = data.obj.shape
+    if mask is None:
+        mask = metrics.scanned_region_mask(data.x_px, data.y_px, canvas_shape, 20)
+    iterations = sorted({int(i) for i in iterations})
+    rows = []
+
+    def score(method, count, seconds, obj):
+        scores = workflow.evaluate(obj, data, mask=mask)
+        rows.append({"method": method, "iterations": count, "seconds": float(seconds),
+                     "amplitude_ssim": float(scores["amplitude_ssim"]), "phase_rmse": float(scores["phase_rmse"])})
+
+    if reconstruction is None:
+        start, start_seconds = network_start(model, data, canvas_shape, backend=backend)
+    else:
+        begin = time.perf_counter()
+        start = start_from_reconstruction(reconstruction, canvas_shape)
+        start_seconds = reconstruction.total_seconds + time.perf_counter() - begin
+    score("network", 0, start_seconds, start)
+    for method, initial in (("network + refine", start), ("flat + refine", None)):
+        result = refine(None, data, initial_object=initial, n_iterations=iterations[-1], backend=backend,
+                        snapshots=iterations, **options)
+        offset = start_seconds if initial is not None else 0.0
+        for count, (obj, seconds) in sorted(result.snapshots.items()):
+            score(method, count, seconds + offset, obj)
+    done, elapsed, obj = 0, 0.0, None
+    for count in [i for i in iterations if i < epie_iterations] + [epie_iterations]:
+        run = baseline.epie_numpy(data.amplitudes, data.x_px, data.y_px, data.probe, canvas_shape,
+                                  n_iterations=count - done, initial_object=obj, seed=done)
+        done, elapsed, obj = count, elapsed + run.seconds, run.obj
+        score("ePIE", count, elapsed, obj)
+    return rows

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 __all__ = ["Row", "register", "available", "run", "pin_threads", "best_time", "format_table", "rows_to_json"]
 
-_BENCH_MODULES = ("reassemble", "simulate", "backends", "spec10")
+_BENCH_MODULES = ("reassemble", "simulate", "backends", "spec10", "refine")
 _REGISTRY = {}
 
 
