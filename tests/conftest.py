@@ -42,7 +42,7 @@ SCHEDULE_FIRST = ("tests/parity/test_trained_parity.py",)
 # Skip reasons that mean "an optional package is missing": pytest.importorskip's message, and the
 # skipif reasons the suite uses with `ptycholib.backends.is_available`.
 MISSING_EXTRA = re.compile(
-    r"could not import '|\bnot installed\b"
+    r"could not import '|\bnot installed\b|\bneither\b.*\binstalled\b"
     r"|\bneeds (the )?(torch|tensorflow|lightning|ptychodus|ptylab|mlflow|papermill|jupytext|matplotlib)\b"
     r"|\bneeds both backends\b",
     re.IGNORECASE,

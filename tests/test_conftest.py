@@ -40,6 +40,9 @@ TINY_SUITE = {
         def test_needs_both_backends():
             pass
 
+        def test_needs_a_backend():
+            pytest.skip("neither torch nor tensorflow is installed")
+
         def test_skips_for_another_reason():
             pytest.skip("only meaningful on a GPU")
 
@@ -77,6 +80,7 @@ def _summary(output, outcome, name):
 def test_missing_extra_skips_fail_when_required(tmp_path):
     output = _run_tiny_suite(tmp_path, require=True)
     assert _summary(output, "FAILED", "test_needs_missing_package"), output
+    assert _summary(output, "FAILED", "test_needs_a_backend"), output
     assert _summary(output, "ERROR", "test_needs_both_backends"), output  # a skipif fails at setup
     assert _summary(output, "ERROR", "test_module_level.py"), output
     assert _summary(output, "SKIPPED", "only meaningful on a GPU"), output
@@ -86,7 +90,7 @@ def test_missing_extra_skips_fail_when_required(tmp_path):
 
 def test_missing_extra_skips_stay_skips_by_default(tmp_path):
     output = _run_tiny_suite(tmp_path, require=False)
-    assert "4 skipped" in output and "1 passed" in output and "failed" not in output, output
+    assert "5 skipped" in output and "1 passed" in output and "failed" not in output, output
 
 
 def test_missing_extras_reads_every_optional_dependency(tmp_path):
