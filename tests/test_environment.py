@@ -46,3 +46,12 @@ def test_ci_runs_the_readme_test_command():
 def test_no_committed_ipynb():
     tracked = subprocess.run(["git", "ls-files", "notebooks/*.ipynb"], cwd=ROOT, capture_output=True, text=True)
     assert tracked.stdout.strip() == ""
+
+
+def test_make_test_runs_two_workers_and_ci_requires_every_extra():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "pytest-xdist" in {_name(r) for r in extras["test"]}  # environment.yml gets it through .[all]
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test:.*\n\t.*-m pytest -n 2 --dist worksteal", makefile, re.MULTILINE)
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "PTYCHOLIB_REQUIRE_EXTRAS=1 make test" in ci and "mlflow" in ci
