@@ -25,7 +25,7 @@ With ``g = dL/dRe(O) + i dL/dIm(O)`` (autodiff on the real and imaginary parts),
 - ``"adam"``: Adam (``betas = (0.9, 0.999)``, ``eps = 1e-8``) on the real and imaginary parts, written
   out in both backends so that they do the same arithmetic.
 
-Choices (docs/decisions.md): positions are visited in a new random order every sweep, drawn from
+Choices (README, "Decisions where the issues were silent"): positions are visited in a new random order every sweep, drawn from
 ``numpy.random.default_rng(seed)`` exactly as `ptycholib.baseline.epie_numpy` draws them; the probe
 is rescaled to the data's mean energy (``fit_probe_power``) as ePIE does, and a network start is
 rescaled by the least-squares factor that best fits the measured amplitudes, since the network's
