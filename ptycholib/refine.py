@@ -158,7 +158,7 @@ def bilinear_plan(x_px, y_px, patch_size, canvas_shape):
     --------
     >>> index, weight = bilinear_plan(np.array([1.5]), np.array([1.0]), 2, (3, 4))
     >>> canvas = np.arange(12.0)
-    >>> (weight * canvas[index]).sum(axis=1).tolist()
+    >>> (weight * canvas[index]).sum(axis=1)[0].tolist()
     [[0.5, 1.5], [4.5, 5.5]]
     """
     rows, cols = canvas_shape

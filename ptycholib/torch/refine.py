@@ -23,7 +23,9 @@ __all__ = ["refine_object"]
 
 def _cut(real, imag, index, weight):
     """Bilinear views ``(B, N, N)`` of the flat canvas pair, from the plan's 4 corners."""
-    return torch.complex((real[index] * weight).sum(dim=1), (imag[index] * weight).sum(dim=1))
+    flat = index.reshape(-1)  # index_select: its backward (index_add_) is faster than advanced indexing's
+    return torch.complex((real.index_select(0, flat).view(index.shape) * weight).sum(dim=1),
+                         (imag.index_select(0, flat).view(index.shape) * weight).sum(dim=1))
 
 
 def _batch_loss(real, imag, probe_real, probe_imag, index, weight, target, loss):
@@ -114,18 +116,15 @@ def refine_object(amplitudes, probe, initial_object, plan, options, *, on_iterat
     trained = [real, imag] + ([probe_real, probe_imag] if options.probe_trainable else [])
     adam = _Adam(trained, options.step) if options.optimizer == "adam" else None
     losses = np.zeros(plan.n_iterations)
-    for iteration in range(plan.n_iterations):
-        for batch in plan.batches(iteration):
-            index = torch.from_numpy(batch.index)
-            weight = torch.from_numpy(batch.weight)
-            value, views = _batch_loss(real, imag, probe_real, probe_imag, index, weight, target[batch.positions],
-                                       options.loss)
-            gradients = torch.autograd.grad(value, trained)
-            losses[iteration] += float(value)
-            with torch.no_grad():
-                if adam is not None:
-                    adam.update(trained, gradients)
-                    continue
+
+    def step(index, weight, measured):
+        """One update from one batch; returns the batch's loss before it."""
+        value, views = _batch_loss(real, imag, probe_real, probe_imag, index, weight, measured, options.loss)
+        gradients = torch.autograd.grad(value, trained)
+        with torch.no_grad():
+            if adam is not None:
+                adam.update(trained, gradients)
+            else:
                 probe_intensity = (probe_real**2 + probe_imag**2).expand_as(views)
                 denominator = _pie_denominator(_scatter(probe_intensity, index, weight, size), options.alpha)
                 real.sub_(options.step * gradients[0] / denominator)
@@ -135,6 +134,12 @@ def refine_object(amplitudes, probe, initial_object, plan, options, *, on_iterat
                     probe_denominator = _pie_denominator(object_intensity, options.alpha)
                     probe_real.sub_(options.probe_step * gradients[2] / probe_denominator)
                     probe_imag.sub_(options.probe_step * gradients[3] / probe_denominator)
+        return value.detach()
+
+    for iteration in range(plan.n_iterations):
+        for batch in plan.batches(iteration):
+            losses[iteration] += float(step(torch.from_numpy(batch.index), torch.from_numpy(batch.weight),
+                                            target[batch.positions]))
         if on_iteration is not None:
             on_iteration(iteration, losses[iteration], lambda: _object(real, imag, shape))
     return _object(real, imag, shape), _probe(probe_real, probe_imag), losses
