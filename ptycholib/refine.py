@@ -58,7 +58,7 @@ __all__ = [
 
 OPTIMIZERS = ("pie", "adam")
 LOSSES = ("amplitude", "poisson")
-POISSON_EPS = 1e-8
+POISSON_EPS = 1e-2  # counts; 1e-8 made the curvature a^2/a_hat^2 chaotic where a_hat << a (measured in float64)
 _DEFAULT_STEP = {"pie": 1.0, "adam": 0.02}
 
 
