@@ -39,6 +39,7 @@ __all__ = [
     "save_model",
     "load_model",
     "read_manifest",
+    "file_sha256",
     "canonical_shapes",
 ]
 
@@ -68,6 +69,9 @@ class ModelArchive:
     backend : str
         Backend that trained the model.
     manifest : dict
+    parent : dict or None
+        For a fine-tuned model (``ptycholib train --init``): ``{"name": ..., "sha256": ...}`` of the
+        archive file it continued from; written to and read from the manifest's ``parent``.
     """
 
     config: Config
@@ -75,6 +79,7 @@ class ModelArchive:
     input_scale: float
     backend: str
     manifest: dict = field(default_factory=dict)
+    parent: dict | None = None
 
     @property
     def intensity_scale(self):
@@ -189,6 +194,8 @@ def save_model(path, archive):
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "sha256": {name: _sha256(data) for name, data in members.items()},
     }
+    if archive.parent is not None:
+        manifest["parent"] = {"name": str(archive.parent["name"]), "sha256": str(archive.parent["sha256"])}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "wb") as handle, zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("manifest.json", json.dumps(manifest, indent=2) + "\n")
@@ -285,5 +292,18 @@ def load_model(path):
         weights = {name: np.asarray(handle["weights"][name][()]) for name in handle["weights"]}
         input_scale = float(handle.attrs["input_scale"])
     _check_weights(weights, config.model, str(path))
+    parent = manifest.get("parent")
+    if parent is not None and not (isinstance(parent, dict) and all(isinstance(parent.get(k), str)
+                                                                     for k in ("name", "sha256"))):
+        raise ArchiveError(f"{path}: manifest parent must be {{'name': str, 'sha256': str}}; got {parent!r}.")
     return ModelArchive(config=config, weights=weights, input_scale=input_scale, backend=manifest.get("backend", ""),
-                        manifest=manifest)
+                        manifest=manifest, parent=parent)
+
+
+def file_sha256(path):
+    """Return the SHA-256 (hex) of a file's bytes, read in chunks (the parent checksum of a fine-tuned model)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

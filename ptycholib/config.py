@@ -382,17 +382,28 @@ class InferenceConfig:
         ``"crop"`` (uniform central crop) or ``"probe"`` (probe-intensity weights over the patch).
     backend : str or None
         Backend used for inference; None means the backend that trained the model.
+    refine_iterations : int
+        Sweeps of physics refinement after the network (`ptycholib.refine`); 0 = the network alone.
+        Used by ptychodus's reconstructor and as ``ptycholib reconstruct --refine``'s default.
+    refine_alpha : float
+        rPIE step regulariser of that refinement, in (0, 1]; 1 is ePIE's step.
     """
 
     batch_size: int = 256
     crop_size: int = 20
     weighting: str = "crop"
     backend: str | None = None
+    refine_iterations: int = 0
+    refine_alpha: float = 1.0
 
     def __post_init__(self):
         _check_positive_int("inference.batch_size", self.batch_size)
         _check_positive_int("crop_size", self.crop_size)
         _check_choice("weighting", self.weighting, WEIGHTINGS)
+        _require(not isinstance(self.refine_iterations, bool) and isinstance(self.refine_iterations, int)
+                 and self.refine_iterations >= 0, f"refine_iterations={self.refine_iterations!r} must be an integer >= 0.")
+        _require(_is_real(self.refine_alpha) and 0 < self.refine_alpha <= 1,
+                 f"refine_alpha={self.refine_alpha!r} must be a number in (0, 1].")
         if self.backend is not None:
             _check_choice("inference.backend", self.backend, BACKENDS)
 

@@ -380,3 +380,52 @@ def load_reconstruction(path):
     if not np.all(np.isfinite(obj)):
         raise ValueError(f"object in {path.name} has {int(np.sum(~np.isfinite(obj)))} NaN or infinite values.")
     return obj, metadata
+
+
+def fine_tuning_start(parent, data, config, *, parent_path=None):
+    """Prepare fine-tuning an archived model on a scan: the config to train with and the weights to start from.
+
+    Parameters
+    ----------
+    parent : ModelArchive
+        The model to continue from (either backend's).
+    data : ptycholib.data.PtychoData
+        The scan to adapt to.
+    config : Config
+        Training and inference sections to use; its model section must equal the archive's (the
+        architecture is the archive's).
+    parent_path : path, optional
+        The archive file, recorded (name and SHA-256) as the fine-tuned model's ``parent``.
+
+    Returns
+    -------
+    config : Config
+    initial_weights : dict
+        The archive's canonical weights (intensity scale included) with the scan's own probe: the
+        probe is the scan's illumination, which the physics must model.
+    parent_record : dict or None
+        ``{"name", "sha256"}`` for `ModelArchive.parent`.
+
+    Raises
+    ------
+    ValueError
+        The model section differs from the archive's, or the scan's patterns are not the archive's N.
+    """
+    import dataclasses
+
+    from ptycholib import archive
+
+    if config.model != parent.config.model:
+        changed = [f.name for f in dataclasses.fields(config.model)
+                   if getattr(config.model, f.name) != getattr(parent.config.model, f.name)]
+        raise ValueError(f"fine-tuning keeps the archived model's architecture; refused change of {', '.join(changed)}.")
+    if data.amplitudes.shape[-1] != parent.config.model.N:
+        raise ValueError(f"the archived model was trained for N={parent.config.model.N} but the scan holds "
+                         f"{data.amplitudes.shape[-1]} px patterns.")
+    weights = {**parent.weights, "physics.probe": np.asarray(data.probe, dtype=parent.probe.dtype)}
+    record = None
+    if parent_path is not None:
+        path = Path(parent_path)
+        path = path / archive.DEFAULT_NAME if path.is_dir() else path
+        record = {"name": path.name, "sha256": archive.file_sha256(path)}
+    return config, weights, record

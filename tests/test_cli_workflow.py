@@ -57,3 +57,58 @@ def test_bad_input_exits_2(args, message, trained_dir, tiny_data_dir, tmp_path, 
     assert main([a.format(**values) for a in args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_reconstruct_refine_records_the_refinement(trained_dir, tiny_data_dir, tmp_path, capsys):
+    paths = {k: tmp_path / f"{k}.npz" for k in (0, 3)}
+    for k, path in paths.items():
+        assert main(["reconstruct", "--model", str(trained_dir), "--data", str(tiny_data_dir / "test.npz"),
+                     "--refine", str(k), "--refine-alpha", "0.3", "--out", str(path)]) == 0
+    with np.load(paths[3], allow_pickle=False) as npz:
+        metadata = json.loads(str(npz["metadata"]))
+        refined = npz["object"]
+    with np.load(paths[0], allow_pickle=False) as npz:
+        network = npz["object"]
+    assert metadata["refine_iterations"] == 3 and metadata["refine_alpha"] == 0.3 and metadata["refine_seconds"] > 0
+    assert refined.shape == network.shape and not np.allclose(refined, network)
+    ssim = {}
+    for k, path in paths.items():
+        capsys.readouterr()
+        assert main(["evaluate", "--recon", str(path), "--truth", str(tiny_data_dir / "test.npz"), "--json"]) == 0
+        ssim[k] = json.loads(capsys.readouterr().out)["amplitude_ssim"]
+    assert ssim[3] > ssim[0] + 0.05, ssim
+
+
+def test_train_init_fine_tunes_and_records_its_parent(trained_dir, tiny_data_dir, tmp_path):
+    from ptycholib import archive
+
+    out = tmp_path / "tuned"
+    assert main(["train", "--init", str(trained_dir), "--data", str(tiny_data_dir / "test.npz"), "--out", str(out),
+                 "--no-progress", "nepochs=1"]) == 0
+    parent, tuned = archive.load_model(trained_dir), archive.load_model(out)
+    assert tuned.parent == {"name": "wts.h5.zip", "sha256": archive.file_sha256(trained_dir / "wts.h5.zip")}
+    assert tuned.config.model == parent.config.model and tuned.config.training.nepochs == 1
+    assert any(not np.array_equal(parent.weights[name], tuned.weights[name]) for name in parent.weights)
+
+
+@pytest.mark.parametrize("case", ["corrupt", "foreign_n", "model_change"])
+def test_train_init_refuses_bad_parents_and_writes_nothing(case, trained_dir, tiny_data_dir, tmp_path, capsys):
+    from ptycholib import data
+
+    model, scan, extra = str(trained_dir), tiny_data_dir / "test.npz", []
+    if case == "corrupt":
+        model = tmp_path / "corrupt.zip"
+        model.write_bytes((trained_dir / "wts.h5.zip").read_bytes()[:2000])
+    elif case == "foreign_n":
+        dataset = data.load_npz(scan)
+        big = data.PtychoData(amplitudes=np.pad(dataset.amplitudes, ((0, 0), (32, 32), (32, 32))), x_px=dataset.x_px,
+                              y_px=dataset.y_px, probe=np.pad(dataset.probe, 32))
+        scan = tmp_path / "n128.npz"
+        data.save_npz(big, scan)
+    else:
+        extra = ["gridsize=1"]
+    out = tmp_path / "out"
+    assert main(["train", "--init", str(model), "--data", str(scan), "--out", str(out), "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and {"corrupt": "zip", "foreign_n": "N=64", "model_change": "gridsize"}[case] in err[0], err
+    assert not out.exists()

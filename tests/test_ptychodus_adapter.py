@@ -393,6 +393,45 @@ def test_pure_api_prepare_reconstruct_save(trained, scan_folder, tmp_path):
         assert difference <= 1e-3 * np.abs(obj).max(), difference
 
 
+@pytest.mark.slow
+def test_batch_mode_honours_refine_iterations(trained, scan_folder, tmp_path):
+    """PtycholibInference.RefineIterations: 0 is the network alone, K > 0 refines through the physics."""
+    correlation = {}
+    for iterations in (0, 5):
+        recon_in = tmp_path / f"in_{iterations}"
+        shutil.copytree(scan_folder.folder, recon_in)
+        adapter.write_settings(recon_in / "settings.ini", algorithm=f"ptycholib_{trained.backend}", overrides={
+            **TRAIN_SETTINGS, "PtycholibInference.RefineIterations": iterations, "PtycholibInference.RefineAlpha": 0.3})
+        shutil.copy(trained.model_path, recon_in / "model.zip")
+        out = tmp_path / f"out_{iterations}"
+        assert main(["ptychodus", "reconstruct", str(recon_in), str(out)]) == 0
+        obj = load_product(sorted(out.glob("product.*.h5"))[0]).object_.get_layer(0)
+        scores = score(obj, scan_folder.truth.object_.get_layer(0), scan_folder.x_px, scan_folder.y_px)
+        correlation[iterations] = scores["amplitude_correlation"]
+    print(f"{trained.backend}: amplitude correlation network {correlation[0]:.3f}, + 5 sweeps {correlation[5]:.3f}")
+    assert correlation[5] > correlation[0] + 0.05, correlation
+
+
+@pytest.mark.slow
+def test_train_on_a_loaded_model_fine_tunes_it(trained, scan_folder, tmp_path):
+    inp = adapter.load_reconstruct_input(scan_folder.folder)
+    registry = SettingsRegistry()
+    registry.open_settings(adapter.write_settings(tmp_path / "settings.ini", overrides={
+        **TRAIN_SETTINGS, "PtycholibTraining.NumEpochs": 1, "PtycholibTraining.NumGroups": 36}))
+    reconstructor = adapter.PtycholibReconstructor(trained.backend, "pinn", adapter.PtycholibSettings(registry))
+    reconstructor.load_model_from_file(trained.model_path)
+    parent = archive.load_model(trained.model_path)
+    (tmp_path / "train").mkdir()
+    reconstructor.export_training_data(tmp_path / "train" / "train_data.npz", inp)
+    outputs = list(reconstructor.train(tmp_path / "train", tmp_path / "out"))
+    assert outputs and reconstructor.model_archive.parent == {
+        "name": trained.model_path.name, "sha256": archive.file_sha256(trained.model_path)}
+    saved = archive.load_model(tmp_path / "out" / archive.DEFAULT_NAME)
+    assert saved.parent == reconstructor.model_archive.parent and saved.config.model == parent.config.model
+    changed = [name for name in parent.weights if not np.array_equal(parent.weights[name], saved.weights[name])]
+    assert changed, "fine-tuning left every weight unchanged"
+
+
 def train_small(tmp_path, inp, algorithm_suffix, settings):
     """Export ``inp`` as IN/train_data.npz and train the first installed backend's reconstructor on it."""
     backend = next((name for name in sorted(FRAMEWORKS) if is_available(name)), None)

@@ -1,8 +1,19 @@
-"""``ptycholib train --data train.npz --backend torch|tensorflow [--config FILE] [key=value ...] --out DIR``."""
+"""``ptycholib train --data train.npz --backend torch|tensorflow [--config FILE] [--init MODEL] [key=value ...] --out DIR``.
+
+With ``--init`` the run fine-tunes an archived model (either backend's) on the given scan: the model
+section of the config is the archive's (an override or config file that changes it is refused), the
+training and inference sections come from ``--config`` when given, else from the archive, then the
+overrides; every weight, the intensity scale included, starts from the archive, while the probe is
+the scan's own (its illumination is what the physics must model) and the input scale ``g`` is
+computed on the scan. The new archive records its parent's file name and SHA-256 in the manifest.
+Stages with ``freeze_encoder`` and ``learning_rate_factor`` give the usual recipe, e.g.
+``stages='[{"epochs": 4, "freeze_encoder": true, "learning_rate_factor": 0.3}]'``.
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 from ptycholib import archive, data, workflow
@@ -20,6 +31,8 @@ def register(subparsers):
     parser.add_argument("--data", required=True, help="training data (.npz, SPEC section 5)")
     add_backend(parser, "overrides training.backend")
     parser.add_argument("--config", help="config file (.json/.yaml); defaults when omitted")
+    parser.add_argument("--init", metavar="MODEL",
+                        help="fine-tune this model archive (wts.h5.zip or its folder) instead of starting afresh")
     add_measurement(parser)
     parser.add_argument("--out", required=True, help="output folder for wts.h5.zip, history.csv and logs")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -29,14 +42,23 @@ def register(subparsers):
 
 def run(args):
     """Train on ``args.data`` and write the model and history to ``args.out``; return the exit status."""
-    config = load_config(args.config) if args.config else Config()
+    parent = archive.load_model(args.init) if args.init else None
+    config = load_config(args.config) if args.config else (parent.config if parent else Config())
+    if parent is not None:
+        config = dataclasses.replace(config, model=parent.config.model)
     items = list(args.overrides) + ([f"backend={args.backend}"] if args.backend else [])
     config = apply_overrides(config, items)
     dataset = data.load_npz(args.data, measurement=args.measurement)
+    initial_weights, parent_record = None, None
+    if parent is not None:
+        config, initial_weights, parent_record = workflow.fine_tuning_start(parent, dataset, config,
+                                                                            parent_path=args.init)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    trained = workflow.train_model(dataset, config, log_dir=out / "logs", progress=not args.no_progress)
-    path = archive.save_model(out / archive.DEFAULT_NAME, trained.archive)
+    trained = workflow.train_model(dataset, config, initial_weights=initial_weights, log_dir=out / "logs",
+                                   progress=not args.no_progress)
+    saved = dataclasses.replace(trained.archive, parent=parent_record)
+    path = archive.save_model(out / archive.DEFAULT_NAME, saved)
     history_path = out / "history.csv"
     with history_path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(trained.history[0]))

@@ -10,6 +10,7 @@ ptychodus calls them directly (SPEC Q3: no server, no subprocess of our own); tr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ptycholib import archive, workflow
+from ptycholib import archive, refine, workflow
 from ptycholib import data as data_module
 from ptycholib.backends import BACKENDS, is_available
 from ptycholib.ptychodus._upstream import (
@@ -126,6 +127,14 @@ class PtycholibReconstructor(TrainableReconstructor):
         logger.info("ptycholib: reconstructing %d patterns with %s (model from %s)", dataset.n_positions,
                     self.backend, self._model_path or "training")
         result = workflow.reconstruct(self._archive, dataset, backend=self.backend, inference=inference)
+        if inference.refine_iterations:
+            start = refine.start_from_reconstruction(result, result.obj.shape)
+            refined = refine.refine(None, dataset, initial_object=start, n_iterations=inference.refine_iterations,
+                                    backend=result.backend, canvas_shape=result.obj.shape,
+                                    alpha=inference.refine_alpha)
+            logger.info("ptycholib: refined the network's object for %d sweeps in %.2f s",
+                        inference.refine_iterations, refined.seconds)
+            result = dataclasses.replace(result, obj=refined.obj)
         self.last_reconstruction = result
         yield ReconstructOutput(product=product_from_object(parameters, result.obj), progress=1)
 
@@ -168,28 +177,39 @@ class PtycholibReconstructor(TrainableReconstructor):
         `export_training_data`, or ptychodus's PtychoPINN export of counts) or, failing that, a
         ptychodus ``diffraction.h5`` + ``product.h5`` pair. The validation loss comes from the
         ``ValidationFraction`` of groups held out; a ``test_data.npz`` is not used.
+
+        With a model loaded (from a file or an earlier training), training **fine-tunes** it
+        (`ptycholib.workflow.fine_tuning_start`): the architecture is the loaded model's, the training
+        settings are the current ones, the weights start from the model's, and the new archive records
+        its parent. Without one it trains from scratch.
         """
         input_path, output_path = Path(input_path), Path(output_path)
         dataset, source = load_training_data(input_path)
         config = self._settings.to_config(N=dataset.patch_size, model_type=self.model_type, backend=self.backend)
+        initial_weights, parent = None, None
+        if self._archive is not None:
+            config = dataclasses.replace(config, model=self._archive.config.model)
+            config, initial_weights, parent = workflow.fine_tuning_start(self._archive, dataset, config,
+                                                                         parent_path=self._model_path)
         self._progress_goal = config.training.nepochs
-        return self._train(dataset, config, source, output_path)
+        return self._train(dataset, config, source, output_path, initial_weights=initial_weights, parent=parent)
 
-    def _train(self, dataset, config, source, output_path):
+    def _train(self, dataset, config, source, output_path, *, initial_weights=None, parent=None):
         output_path.mkdir(parents=True, exist_ok=True)
         logger.info("ptycholib: training %s (%s) on %s, %d epochs", self.backend, self.model_type, source,
                     config.training.nepochs)
         records = []
         trained = None
-        for kind, item in _train_in_thread(dataset, config, output_path / "logs"):
+        for kind, item in _train_in_thread(dataset, config, output_path / "logs", initial_weights=initial_weights):
             if kind == "epoch":
                 records.append(item)
                 yield _train_output(records, progress=len(records))
             else:
                 trained = item
-        model_path = archive.save_model(output_path / archive.DEFAULT_NAME, trained.archive)
+        saved = dataclasses.replace(trained.archive, parent=parent)
+        model_path = archive.save_model(output_path / archive.DEFAULT_NAME, saved)
         write_history(output_path / "history.csv", trained.history)
-        self._archive = trained.archive
+        self._archive = saved
         self._model_path = model_path
         self.last_history = list(trained.history)
         logger.info("ptycholib: saved %s", model_path)
@@ -200,7 +220,7 @@ class _TrainingCancelled(Exception):
     pass
 
 
-def _train_in_thread(dataset, config, log_dir):
+def _train_in_thread(dataset, config, log_dir, *, initial_weights=None):
     """Run `workflow.train_model` in a thread; yield ``("epoch", record)`` and finally ``("done", TrainedModel)``.
 
     Closing the generator early cancels training at the next epoch boundary.
@@ -215,7 +235,8 @@ def _train_in_thread(dataset, config, log_dir):
 
     def run():
         try:
-            trained = workflow.train_model(dataset, config, log_dir=log_dir, progress=False, callback=callback)
+            trained = workflow.train_model(dataset, config, initial_weights=initial_weights, log_dir=log_dir,
+                                           progress=False, callback=callback)
         except BaseException as error:  # noqa: BLE001 - handed to the consumer, re-raised there
             messages.put(("error", error))
         else:

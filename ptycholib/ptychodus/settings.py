@@ -66,6 +66,8 @@ SETTINGS_GROUPS = {
         ("BatchSize", "batch_size"),
         ("CropSize", "crop_size"),
         ("Weighting", "weighting"),
+        ("RefineIterations", "refine_iterations"),
+        ("RefineAlpha", "refine_alpha"),
     )),
 }
 """ptychodus settings of ptycholib: group -> (config section, ((parameter, field), ...)).
