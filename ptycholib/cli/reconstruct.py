@@ -21,12 +21,13 @@ def register(subparsers):
     add_backend(parser, "predict with this backend (default: the one that trained the model)")
     parser.add_argument("--batch-size", type=int, help="groups per prediction batch")
     add_measurement(parser)
-    parser.add_argument("--refine", type=int, default=0, metavar="K",
+    parser.add_argument("--refine", type=int, metavar="K",
                         help="then refine the network's object through the physics for K sweeps over the scan "
-                        "(ptycholib.refine; 0 = network only)")
+                        "(ptycholib.refine; 0 = network only; default: the archive's inference.refine_iterations)")
     parser.add_argument("--refine-probe", action="store_true", help="refine the probe too (with --refine)")
-    parser.add_argument("--refine-alpha", type=float, default=refine.RefineOptions.alpha,
-                        help="rPIE step regulariser in (0, 1] of the refinement (default %(default)s)")
+    parser.add_argument("--refine-alpha", type=float,
+                        help="rPIE step regulariser in (0, 1] of the refinement (default: the archive's "
+                        "inference.refine_alpha, 1 = ePIE's step)")
     parser.add_argument("--out", required=True, help="output .npz")
     parser.set_defaults(func=run)
 
@@ -38,6 +39,8 @@ def run(args):
     if args.batch_size is not None:
         require_at_least_one(args.batch_size, "--batch-size")
         inference = dataclasses.replace(inference, batch_size=args.batch_size)
+    args.refine = inference.refine_iterations if args.refine is None else args.refine
+    args.refine_alpha = inference.refine_alpha if args.refine_alpha is None else args.refine_alpha
     if args.refine < 0:
         raise ValueError(f"--refine={args.refine} must be >= 0 (0: network only).")
     if args.refine_probe and not args.refine:
