@@ -21,11 +21,12 @@ import re
 import tomllib
 from pathlib import Path
 
-# One thread per framework: on a shared 2-core machine two threads per test process collapse when
+# One thread for torch and OpenMP: on a shared 2-core machine two threads per test process collapse when
 # another process holds a core (torch runs ~10x slower); set before torch/tensorflow are imported.
+# TensorFlow keeps its default thread pools: pinning them to one thread changes the float32 reduction
+# order enough that the trained-parity test's TF model ends 6.8 dB away from torch's (measured
+# 2026-12-02; with TF's default pools both agree within the 1 dB target).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
-os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
