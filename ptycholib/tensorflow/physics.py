@@ -72,7 +72,7 @@ def _as_float64(values, device=None):
 
 
 def to_numpy(tensor):
-    """Return a tensor (or anything array-like) as a NumPy array."""
+    """Return a tensor (or anything array-like) as a NumPy array, detached and on the host."""
     if hasattr(tensor, "numpy"):
         return tensor.numpy()
     return np.asarray(tensor)
@@ -135,7 +135,7 @@ def translate_bilinear(images, shifts):
 
     Returns
     -------
-    tf.Tensor of shape (..., H, W), same dtype as ``images``
+    tensor of shape (..., H, W), same dtype as ``images``
         ``out[r, c] = in(r - dy, c - dx)`` read bilinearly; samples outside the input contribute 0.
 
     Notes
@@ -189,7 +189,7 @@ def assemble_group_canvas(object_patches, offsets, weights):
 
     Returns
     -------
-    tf.Tensor of shape (B, C, N, N), complex64
+    tensor of shape (B, C, N, N), complex64
         View of the merged group canvas at each member's position; groups never mix (SPEC 4.7).
 
     Notes
@@ -245,7 +245,7 @@ def shared_object_views(group_objects, offsets):
 
     Returns
     -------
-    tf.Tensor of shape (B, C, N, N), complex64
+    tensor of shape (B, C, N, N), complex64
         ``view_j = T(-o_j)[O]`` with `translate_bilinear`, as `ptycholib.forward.shared_object_views`.
     """
     group_objects = to_tensor(group_objects)
@@ -271,7 +271,7 @@ def group_views(model_config, object_patches, offsets, *, window=None):
 
     Returns
     -------
-    tf.Tensor of shape (B, C, N, N), complex64
+    tensor of shape (B, C, N, N), complex64
         `assemble_group_canvas` (``object_big``), `shared_object_views` (not ``object_big``), or the
         patches themselves at gridsize 1, as `ptycholib.forward.group_views`.
     """
@@ -304,7 +304,7 @@ def normalize_probe(probe, probe_scale):
 
     Returns
     -------
-    tf.Tensor of shape (..., N, N), complex64
+    tensor of shape (..., N, N), complex64
 
     Notes
     -----
@@ -345,7 +345,7 @@ def illuminate(object_patches, probe, *, probe_scale, probe_mask=False, gaussian
 
     Returns
     -------
-    tf.Tensor of shape (..., N, N), complex64
+    tensor of shape (..., N, N), complex64
     """
     object_patches = tf.cast(to_tensor(object_patches), tf.complex64)
     probe_hat = normalize_probe(probe, probe_scale)
@@ -368,7 +368,7 @@ def far_field_amplitude(exit_wave, intensity_scale=1.0):
 
     Returns
     -------
-    tf.Tensor of shape (..., N, N), float32
+    tensor of shape (..., N, N), float32
         DC at index ``N // 2`` (fftshifted). The gradient of ``|z|`` at ``z = 0`` is 0.
     """
     exit_wave = tf.cast(to_tensor(exit_wave), tf.complex64)
@@ -390,7 +390,7 @@ def forward_model(model_config, object_patches, offsets, probe, intensity_scale,
 
     Returns
     -------
-    dict of str to tf.Tensor
+    dict of str to tensor
         ``views`` (B, C, N, N) complex64 (`group_views`), ``exit_wave`` (B, C, N, N) complex64
         (`illuminate`) and ``amplitudes`` (B, C, N, N) float32 (`far_field_amplitude`), the steps of
         `ptycholib.forward.forward_model`.
@@ -418,7 +418,7 @@ def poisson_nll(predicted, measured):
 
     Returns
     -------
-    tf.Tensor, scalar float32
+    tensor, scalar float32
     """
     predicted_intensity = tf.square(to_tensor(predicted))
     measured_intensity = tf.square(to_tensor(measured))
@@ -440,6 +440,6 @@ def fft_amplitude_raw(batch):
 
     Returns
     -------
-    tf.Tensor of shape (..., N, N), float32
+    tensor of shape (..., N, N), float32
     """
     return tf.abs(tf.signal.fft2d(tf.cast(to_tensor(batch), tf.complex64)))

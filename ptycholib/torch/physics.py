@@ -68,7 +68,7 @@ def _as_float64(values, device=None):
 
 
 def to_numpy(tensor):
-    """Return a tensor (or anything array-like) as a NumPy array, detached and on the CPU."""
+    """Return a tensor (or anything array-like) as a NumPy array, detached and on the host."""
     if isinstance(tensor, torch.Tensor):
         return tensor.detach().cpu().numpy()
     return np.asarray(tensor)
@@ -144,7 +144,7 @@ def translate_bilinear(images, shifts):
 
     Returns
     -------
-    torch.Tensor of shape (..., H, W), same dtype as ``images``
+    tensor of shape (..., H, W), same dtype as ``images``
         ``out[r, c] = in(r - dy, c - dx)`` read bilinearly; samples outside the input contribute 0.
 
     Notes
@@ -197,7 +197,7 @@ def assemble_group_canvas(object_patches, offsets, weights):
 
     Returns
     -------
-    torch.Tensor of shape (B, C, N, N), complex64
+    tensor of shape (B, C, N, N), complex64
         View of the merged group canvas at each member's position; groups never mix (SPEC 4.7).
 
     Notes
@@ -258,7 +258,7 @@ def shared_object_views(group_objects, offsets):
 
     Returns
     -------
-    torch.Tensor of shape (B, C, N, N), complex64
+    tensor of shape (B, C, N, N), complex64
         ``view_j = T(-o_j)[O]`` with `translate_bilinear`, as `ptycholib.forward.shared_object_views`.
     """
     group_objects = to_tensor(group_objects)
@@ -284,7 +284,7 @@ def group_views(model_config, object_patches, offsets, *, window=None):
 
     Returns
     -------
-    torch.Tensor of shape (B, C, N, N), complex64
+    tensor of shape (B, C, N, N), complex64
         `assemble_group_canvas` (``object_big``), `shared_object_views` (not ``object_big``), or the
         patches themselves at gridsize 1, as `ptycholib.forward.group_views`.
     """
@@ -317,7 +317,7 @@ def normalize_probe(probe, probe_scale):
 
     Returns
     -------
-    torch.Tensor of shape (..., N, N), complex64
+    tensor of shape (..., N, N), complex64
 
     Notes
     -----
@@ -356,7 +356,7 @@ def illuminate(object_patches, probe, *, probe_scale, probe_mask=False, gaussian
 
     Returns
     -------
-    torch.Tensor of shape (..., N, N), complex64
+    tensor of shape (..., N, N), complex64
     """
     object_patches = to_tensor(object_patches).to(torch.complex64)
     probe_hat = normalize_probe(to_tensor(probe, device=object_patches.device), probe_scale)
@@ -379,7 +379,7 @@ def far_field_amplitude(exit_wave, intensity_scale=1.0):
 
     Returns
     -------
-    torch.Tensor of shape (..., N, N), float32
+    tensor of shape (..., N, N), float32
         DC at index ``N // 2`` (fftshifted). The gradient of ``|z|`` at ``z = 0`` is 0.
     """
     exit_wave = to_tensor(exit_wave).to(torch.complex64)
@@ -401,7 +401,7 @@ def forward_model(model_config, object_patches, offsets, probe, intensity_scale,
 
     Returns
     -------
-    dict of str to torch.Tensor
+    dict of str to tensor
         ``views`` (B, C, N, N) complex64 (`group_views`), ``exit_wave`` (B, C, N, N) complex64
         (`illuminate`) and ``amplitudes`` (B, C, N, N) float32 (`far_field_amplitude`), the steps of
         `ptycholib.forward.forward_model`.
@@ -429,7 +429,7 @@ def poisson_nll(predicted, measured):
 
     Returns
     -------
-    torch.Tensor, scalar float32
+    tensor, scalar float32
     """
     predicted_intensity = to_tensor(predicted).square()
     measured_intensity = to_tensor(measured, device=predicted_intensity.device).square()
@@ -451,6 +451,6 @@ def fft_amplitude_raw(batch):
 
     Returns
     -------
-    torch.Tensor of shape (..., N, N), float32
+    tensor of shape (..., N, N), float32
     """
     return torch.fft.fft2(to_tensor(batch).to(torch.complex64)).abs()
