@@ -11,6 +11,7 @@ from types import SimpleNamespace
 __all__ = ["BACKENDS", "get_backend", "is_available"]
 
 BACKENDS = ("torch", "tensorflow")
+_PARTS = ("physics", "network", "training", "reassemble")
 _FRAMEWORK = {"torch": ("torch", "torch"), "tensorflow": ("tensorflow", "tf")}
 
 
@@ -20,7 +21,10 @@ def is_available(name):
 
 
 def get_backend(name):
-    """Return the backend ``name`` as a namespace with ``physics``, ``network``, ``training`` modules.
+    """Return the backend ``name`` as a namespace of its modules.
+
+    The namespace has ``name`` and the modules ``physics``, ``network``, ``training`` and
+    ``reassemble`` of ``ptycholib.<name>``; both backends give them the same public names.
 
     Raises
     ------
@@ -34,5 +38,5 @@ def get_backend(name):
     package, extra = _FRAMEWORK[name]
     if not is_available(name):
         raise ImportError(f"backend {name!r} needs {package}: pip install -e '.[{extra}]'")
-    modules = {part: importlib.import_module(f"ptycholib.{name}.{part}") for part in ("physics", "network", "training")}
+    modules = {part: importlib.import_module(f"ptycholib.{name}.{part}") for part in _PARTS}
     return SimpleNamespace(name=name, **modules)

@@ -16,7 +16,8 @@ import numpy as np
 
 from ptycholib.config import Stage
 
-__all__ = ["EpochPlan", "epoch_plan", "split_validation", "epoch_order"]
+__all__ = ["EpochPlan", "epoch_plan", "split_validation", "epoch_order", "TrainingArrays", "prepare_training_arrays",
+           "as_group_array"]
 
 
 @dataclass(frozen=True)
@@ -127,3 +128,137 @@ def epoch_order(n_items, seed, epoch):
     (np.True_, [0, 1, 2, 3, 4])
     """
     return np.random.default_rng([seed, 2, epoch]).permutation(n_items).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# The training data of both backends' ``train`` and ``predict_patches``: checked, split and planned
+# once here, in NumPy, so that the two trainers start from the same arrays.
+
+_PRECISIONS = {"32": "32", "32-true": "32", "bf16-mixed": "bf16-mixed"}
+
+
+def as_group_array(name, values, shape, dtype):
+    """Return one array of the groups as NumPy ``dtype``, refusing another shape and NaN or Inf.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the message.
+    values : array_like
+        A NumPy array (the backends pass their tensors through ``physics.to_numpy`` first).
+    shape : tuple of int
+        The shape it must have (channels-first, see docs/architecture.md).
+    dtype : numpy dtype
+        The dtype of the result (no copy when it already has it).
+
+    Returns
+    -------
+    ndarray of ``shape`` and ``dtype``
+
+    Examples
+    --------
+    >>> as_group_array("offsets", np.zeros((4, 1, 2)), (4, 1, 2), np.float32).dtype
+    dtype('float32')
+    >>> as_group_array("offsets", np.zeros((4, 2)), (4, 1, 2), np.float32)
+    Traceback (most recent call last):
+    ...
+    ValueError: offsets has shape (4, 2); expected (4, 1, 2) (channels-first, see docs/architecture.md).
+    """
+    array = np.asarray(values)
+    if array.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {array.shape}; expected {tuple(shape)} (channels-first, see docs/architecture.md).")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or Inf values; clean the data before training.")
+    return array.astype(dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class TrainingArrays:
+    """The checked training data of one ``train`` call (`prepare_training_arrays`).
+
+    Attributes
+    ----------
+    groups : dict of str to ndarray
+        ``inputs`` (G, C, N, N) float32, ``offsets`` (G, C, 2) float32 (last axis ``(x, y)``, pixels)
+        and the loss's targets: ``amplitudes`` (G, C, N, N) float32 for ``model_type='pinn'``, or
+        ``amplitude`` and ``phase`` (G, K, N, N) float32, modulus and angle of the ground-truth
+        patches, for ``model_type='supervised'``.
+    supervised : bool
+        ``model_type == 'supervised'``.
+    precision : str
+        ``"32"`` or ``"bf16-mixed"``.
+    plan : list of ptycholib.batching.EpochPlan
+        One entry per epoch (`epoch_plan`).
+    train_indices, val_indices : ndarray of int64
+        The groups that train and those held out (`split_validation`).
+    """
+
+    groups: dict
+    supervised: bool
+    precision: str
+    plan: list
+    train_indices: np.ndarray
+    val_indices: np.ndarray
+
+
+def prepare_training_arrays(model_config, training_config, inputs, offsets, amplitudes, *, target_patches=None,
+                            validation_fraction=None):
+    """Check the training data, pick the loss's targets, and plan and split the run (both backends).
+
+    What ``ptycholib.torch.training.train`` and ``ptycholib.tensorflow.training.train`` do first, in
+    NumPy. It works on arrays that are already grouped; `ptycholib.workflow.prepare_training` comes
+    before it and makes those groups (and the untrained model) from a data set.
+
+    Parameters
+    ----------
+    model_config : ptycholib.config.ModelConfig
+        ``N``, ``gridsize`` (C), ``n_object_channels`` (K) and ``model_type``.
+    training_config : ptycholib.config.TrainingConfig
+        The stages (`epoch_plan`), ``validation_fraction``, ``seed`` and ``precision``.
+    inputs : ndarray of shape (G, C, N, N)
+        Normalised amplitudes ``x = g * a``.
+    offsets : ndarray of shape (G, C, 2)
+        Position minus group mean in pixels, last axis ``(x, y)``.
+    amplitudes : ndarray of shape (G, C, N, N)
+        Measured amplitudes (>= 0); the target for ``model_type='pinn'``.
+    target_patches : ndarray of shape (G, K, N, N), complex, optional
+        Ground-truth patches; required for, and only used by, ``model_type='supervised'``.
+    validation_fraction : float, optional
+        Default ``training_config.validation_fraction``.
+
+    Returns
+    -------
+    TrainingArrays
+
+    Raises
+    ------
+    ValueError
+        A shape differs, a value is NaN or Inf, an amplitude is negative, the supervised targets are
+        missing, or the precision or validation fraction is not supported.
+    """
+
+    cfg = model_config
+    channels, size = cfg.n_channels, cfg.N
+    inputs = as_group_array("inputs", inputs, (len(inputs), channels, size, size), np.float32)
+    n_groups = len(inputs)
+    groups = {"inputs": inputs, "offsets": as_group_array("offsets", offsets, (n_groups, channels, 2), np.float32)}
+    supervised = cfg.model_type == "supervised"
+    if supervised:
+        if target_patches is None:
+            raise ValueError("model_type='supervised' needs target_patches (ground-truth patches, (B, K, N, N) complex).")
+        target_shape = (n_groups, cfg.n_object_channels, size, size)
+        target_patches = as_group_array("target_patches", target_patches, target_shape, np.complex64)
+        groups.update(amplitude=np.abs(target_patches).astype(np.float32), phase=np.angle(target_patches).astype(np.float32))
+    else:
+        amplitudes = as_group_array("amplitudes", amplitudes, inputs.shape, np.float32)
+        if np.any(amplitudes < 0):
+            raise ValueError("amplitudes has negative values; pass sqrt(counts) (amplitudes are >= 0).")
+        groups["amplitudes"] = amplitudes
+    precision = str(getattr(training_config, "precision", "32"))
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not supported; allowed values: '32', 'bf16-mixed'.")
+    fraction = training_config.validation_fraction if validation_fraction is None else validation_fraction
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation_fraction={fraction!r} must be in [0, 1).")
+    train_indices, val_indices = split_validation(n_groups, fraction, training_config.seed)
+    return TrainingArrays(groups, supervised, _PRECISIONS[precision], epoch_plan(training_config), train_indices, val_indices)

@@ -25,9 +25,11 @@ __all__ = [
     "smooth_gaussian",
     "illuminate",
     "far_field_amplitude",
+    "forward_model",
     "poisson_nll",
     "amplitude_mae",
     "initial_intensity_scale",
+    "check_physics_inputs",
 ]
 
 
@@ -341,6 +343,57 @@ def far_field_amplitude(exit_wave, intensity_scale=1.0):
     return (intensity_scale * np.abs(spectrum) / n).astype(np.float32)
 
 
+def forward_model(model_config, object_patches, offsets, probe, intensity_scale):
+    """Run the physics of the physics-informed model on object patches (docs/architecture.md steps 2-4).
+
+    Both backends' ``physics.forward_model`` compute these steps with the same arguments; their
+    ``PhysicsModel`` runs it on the network's patches, and the parity tests compare it with this one.
+
+    Parameters
+    ----------
+    model_config : ptycholib.config.ModelConfig
+        Uses ``gridsize``, ``object_big``, ``N``, ``pad_object``, ``probe_big`` (`group_views`) and
+        ``probe_scale``, ``probe_mask``, ``gaussian_smoothing_sigma`` (`illuminate`).
+    object_patches : ndarray of shape (B, K, N, N), complex
+        The network's patches, ``K = model_config.n_object_channels``.
+    offsets : ndarray of shape (B, C, 2)
+        Position minus group mean in pixels, last axis ``(x, y)``.
+    probe : ndarray of shape (N, N), complex
+        Probe on the object grid, before normalisation.
+    intensity_scale : float
+        SPEC's ``s``.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``views`` (B, C, N, N), complex: the patches the probe illuminates (`group_views`);
+        ``exit_wave`` (B, C, N, N), complex64 (`illuminate`); ``amplitudes`` (B, C, N, N), float32,
+        the predicted diffraction amplitudes (`far_field_amplitude`).
+
+    Notes
+    -----
+    ``a_hat = s |fftshift(fft2(P_hat * V(O)))| / N`` with ``V`` = `group_views` and ``P_hat`` the
+    normalised (optionally masked) probe; the exit wave is blurred first when
+    ``gaussian_smoothing_sigma > 0``.
+
+    Examples
+    --------
+    >>> from ptycholib.config import ModelConfig
+    >>> cfg = ModelConfig(N=64, gridsize=1)
+    >>> out = forward_model(cfg, np.ones((2, 1, 64, 64), np.complex64), np.zeros((2, 1, 2)),
+    ...                     np.ones((64, 64), np.complex64), 1.0)
+    >>> out["amplitudes"].shape, out["amplitudes"].dtype
+    ((2, 1, 64, 64), dtype('float32'))
+    """
+    cfg = model_config
+    views = group_views(cfg, object_patches, offsets)
+    exit_wave = illuminate(
+        views, probe, probe_scale=cfg.probe_scale, probe_mask=cfg.probe_mask,
+        gaussian_smoothing_sigma=cfg.gaussian_smoothing_sigma,
+    )
+    return {"views": views, "exit_wave": exit_wave, "amplitudes": far_field_amplitude(exit_wave, intensity_scale)}
+
+
 def poisson_nll(predicted_amplitudes, measured_amplitudes, eps=1e-8):
     """Poisson negative log-likelihood in count units, ``mean(a_hat^2 - a^2 log(a_hat^2 + eps))``."""
     predicted_intensity = np.asarray(predicted_amplitudes, dtype=np.float64) ** 2
@@ -379,3 +432,46 @@ def initial_intensity_scale(amplitudes, probe, probe_scale, object_amplitude=0.5
     mean_energy = float(np.mean(np.sum(amplitudes**2, axis=(-2, -1))))
     probe_energy = float(np.sum(np.abs(object_amplitude * normalize_probe(probe, probe_scale)) ** 2))
     return float(np.sqrt(mean_energy / probe_energy))
+
+
+def check_physics_inputs(model_config, probe, intensity_scale):
+    """Check the probe and intensity scale a physics-informed model is built with.
+
+    Both backends' ``PhysicsModel`` call it before they create their parameters.
+
+    Parameters
+    ----------
+    model_config : ptycholib.config.ModelConfig
+        Uses ``N``.
+    probe : array_like of shape (N, N), complex
+        Probe on the object grid, before normalisation.
+    intensity_scale : float
+        Initial ``s``; must be positive and finite.
+
+    Returns
+    -------
+    ndarray of shape (N, N), complex64
+        The probe.
+
+    Raises
+    ------
+    ValueError
+        The probe has another shape or non-finite values, or ``intensity_scale`` is not positive.
+
+    Examples
+    --------
+    >>> from ptycholib.config import ModelConfig
+    >>> check_physics_inputs(ModelConfig(N=64), np.ones((64, 32)), 1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: probe has shape (64, 32) but N=64; pass the (N, N) probe on the object grid.
+    """
+    probe = np.asarray(probe)
+    size = model_config.N
+    if probe.shape != (size, size):
+        raise ValueError(f"probe has shape {probe.shape} but N={size}; pass the (N, N) probe on the object grid.")
+    if not np.all(np.isfinite(probe)):
+        raise ValueError("probe contains NaN or Inf values.")
+    if not (np.isfinite(intensity_scale) and intensity_scale > 0):
+        raise ValueError(f"intensity_scale={intensity_scale!r} must be a positive finite number.")
+    return probe.astype(np.complex64)

@@ -99,7 +99,7 @@ def make_physics_inputs(model_config, *, batch=2, seed=0):
     r2 = coords[:, None] ** 2 + coords[None, :] ** 2
     probe = (np.exp(-r2 / (2 * (size / 8) ** 2)) * np.exp(1j * rng.uniform(-np.pi, np.pi, (size, size)))).astype(np.complex64)
     intensity_scale = 37.5
-    reference = _reference_forward(model_config, object_patches, offsets, probe, intensity_scale)
+    reference = forward.forward_model(model_config, object_patches, offsets, probe, intensity_scale)
     amplitudes = (reference["amplitudes"] * rng.uniform(0.8, 1.2, reference["amplitudes"].shape)).astype(np.float32)
     energy = np.mean(np.sum(amplitudes.astype(np.float64) ** 2, axis=(-2, -1)))
     inputs = (amplitudes * (size / 2) / np.sqrt(energy)).astype(np.float32)
@@ -113,18 +113,8 @@ def make_physics_inputs(model_config, *, batch=2, seed=0):
     }
 
 
-def _reference_forward(model_config, object_patches, offsets, probe, intensity_scale):
-    cfg = model_config
-    views = forward.group_views(cfg, object_patches, offsets)
-    exit_wave = forward.illuminate(
-        views, probe, probe_scale=cfg.probe_scale, probe_mask=cfg.probe_mask,
-        gaussian_smoothing_sigma=cfg.gaussian_smoothing_sigma,
-    )
-    return {"views": views, "exit_wave": exit_wave, "amplitudes": forward.far_field_amplitude(exit_wave, intensity_scale)}
-
-
 def compare_forward_model(backend, model_config, *, batch=2, seed=0):
-    """Run the physics steps on one backend and on `ptycholib.forward` with identical inputs.
+    """Run the physics on one backend and on `ptycholib.forward` with identical inputs.
 
     Parameters
     ----------
@@ -138,25 +128,20 @@ def compare_forward_model(backend, model_config, *, batch=2, seed=0):
     Returns
     -------
     dict of str to float
-        Relative error per step: ``views`` (group canvas, or the patches themselves), ``exit_wave``,
-        ``amplitudes`` (``s |F(P_hat O)| / N``), ``poisson_nll`` and ``amplitude_mae``; compare with
+        Relative error per step of ``physics.forward_model`` against `ptycholib.forward.forward_model`:
+        ``views`` (group canvas, or the patches themselves), ``exit_wave``, ``amplitudes``
+        (``s |F(P_hat O)| / N``), then ``poisson_nll`` and ``amplitude_mae``; compare with
         ``TOLERANCES["forward_model"]``.
     """
     cfg = model_config
     module = get_backend(backend).physics
     data = make_physics_inputs(cfg, batch=batch, seed=seed)
-    reference = _reference_forward(cfg, data["object_patches"], data["offsets"], data["probe"], data["intensity_scale"])
-    views = module.to_tensor(data["object_patches"])
-    if cfg.gridsize > 1 and cfg.object_big:
-        weights = forward.window_weights(cfg.N, pad_object=cfg.pad_object, probe_big=cfg.probe_big)
-        views = module.assemble_group_canvas(views, data["offsets"], module.to_tensor(weights))
-    elif cfg.gridsize > 1:
-        views = module.shared_object_views(views, data["offsets"])
-    exit_wave = module.illuminate(
-        views, module.to_tensor(data["probe"]), probe_scale=cfg.probe_scale, probe_mask=cfg.probe_mask,
-        gaussian_smoothing_sigma=cfg.gaussian_smoothing_sigma,
+    reference = forward.forward_model(cfg, data["object_patches"], data["offsets"], data["probe"], data["intensity_scale"])
+    steps = module.forward_model(
+        cfg, module.to_tensor(data["object_patches"]), data["offsets"], module.to_tensor(data["probe"]),
+        data["intensity_scale"],
     )
-    amplitudes = module.far_field_amplitude(exit_wave, data["intensity_scale"])
+    views, exit_wave, amplitudes = steps["views"], steps["exit_wave"], steps["amplitudes"]
     measured = module.to_tensor(data["amplitudes"])
     nll = float(module.to_numpy(module.poisson_nll(amplitudes, measured)))
     mae = float(module.to_numpy(module.amplitude_mae(amplitudes, measured)))
@@ -306,12 +291,10 @@ def compare_reassembly(backend, *, weighting="crop", seed=0, n_positions=200, pa
         Relative errors of the object canvas (``obj``) and of the accumulated weights (``weights``);
         compare with ``TOLERANCES["reassembly"]``.
     """
-    import importlib
-
     from . import reassemble
 
-    module = importlib.import_module(f"ptycholib.{backend}.reassemble")
-    to_numpy = get_backend(backend).physics.to_numpy
+    modules = get_backend(backend)
+    to_numpy = modules.physics.to_numpy
     rng = np.random.default_rng(seed)
     shape = (n_positions, patch_size, patch_size)
     patches = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
@@ -320,7 +303,7 @@ def compare_reassembly(backend, *, weighting="crop", seed=0, n_positions=200, pa
     probe = np.exp(-((np.arange(patch_size) - patch_size // 2) ** 2) / 200.0)[:, None] * np.ones(patch_size)
     options = {"weighting": weighting, "probe": probe}
     obj, weights = reassemble.reassemble_patches(patches, x_px, y_px, (200, 200), **options)
-    obj_b, weights_b = module.reassemble_patches(patches, x_px, y_px, (200, 200), **options)
+    obj_b, weights_b = modules.reassemble.reassemble_patches(patches, x_px, y_px, (200, 200), **options)
     return {"obj": relative_error(to_numpy(obj_b), obj), "weights": relative_error(to_numpy(weights_b), weights)}
 
 

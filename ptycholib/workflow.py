@@ -139,6 +139,11 @@ def prepare_training(data, config, *, initial_weights=None):
         The training groups (with ground-truth targets for ``model_type='supervised'``).
     input_scale : float
         ``g`` of SPEC 4.2, computed on this data.
+
+    See Also
+    --------
+    ptycholib.batching.prepare_training_arrays : the next step, inside the backend's ``train``:
+        checks the grouped arrays, picks the loss's targets, plans the epochs and splits off validation.
     """
     model_config, training = config.model, config.training
     backend = get_backend(training.backend)

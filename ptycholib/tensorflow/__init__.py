@@ -1,14 +1,17 @@
-"""TensorFlow backend: physics, network and training with the same public names as ``ptycholib.torch``.
+"""The TensorFlow backend: physics, network, training and reassembly, twins of ``ptycholib.torch``.
 
-Importing this package imports TensorFlow (and Keras 3 on its TensorFlow backend). TensorFlow's start-up
-chatter is kept quiet: ``TF_CPP_MIN_LOG_LEVEL`` defaults to 2 (errors only) unless the caller set it,
-and the oneDNN notice that TensorFlow prints while loading, before any log level applies, is
-discarded. Only TensorFlow reads these settings, so other packages are unaffected; set
-``TF_CPP_MIN_LOG_LEVEL=0`` before importing to see everything.
+Importing this package imports TensorFlow (and Keras 3 on its TensorFlow backend); reach it through
+``ptycholib.backends.get_backend("tensorflow")``. Each module is the twin of the torch one: the same
+``__all__``, sections, helpers and docstrings, with framework calls in between.
 
 Public layout is channels-first, as everywhere in ptycholib: amplitudes ``(B, C, N, N)``, offsets
 ``(B, C, 2)`` (last axis ``(x, y)``, pixels), object patches ``(B, C, N, N)`` complex64. The network
 runs channels-last inside and transposes at its boundary.
+
+TensorFlow's start-up chatter is kept quiet: ``TF_CPP_MIN_LOG_LEVEL`` defaults to 2 (errors only)
+unless the caller set it, and the oneDNN notice that TensorFlow prints while loading, before any log
+level applies, is discarded. Only TensorFlow reads these settings, so other packages are unaffected;
+set ``TF_CPP_MIN_LOG_LEVEL=0`` before importing to see everything.
 """
 
 from __future__ import annotations
@@ -38,6 +41,6 @@ if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 _import_tensorflow_quietly()
 
-from . import network, physics, training
+from . import network, physics, reassemble, training  # noqa: E402
 
-__all__ = ["network", "physics", "training"]
+__all__ = ["network", "physics", "reassemble", "training"]

@@ -1,9 +1,10 @@
 """The PtychoPINN network and the physics-informed model in Keras 3 (docs/architecture.md).
 
-The network runs channels-last inside (TensorFlow's CPU convolutions and pooling want NHWC) and
-takes and returns channels-first tensors at its boundary. Parameters are exchanged with the torch
-backend and the model archive through `get_weights` / `set_weights`: a dict of canonical dotted names
-to float32 arrays, conv kernels ``(out, in, kh, kw)``.
+Layer attribute names are the canonical weight names (``encoder.0.conv1.weight``), and
+`get_weights` / `set_weights` exchange a dict of them with float32 arrays, conv kernels
+``(out, in, kh, kw)``, with the other backend and the model archive. Layout is channels-first at the
+boundary; inside, the network runs channels-last (TensorFlow's CPU convolutions and pooling want
+NHWC). ``ptycholib.torch.network`` is the same text in PyTorch.
 """
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import forward
+from .. import archive, forward
 from .._checks import check_same_keys
 from . import physics
 
 __all__ = [
-    "PhysicsModel",
     "PtychoNet",
-    "build_model",
+    "PhysicsModel",
     "build_network",
+    "build_model",
     "forward_model",
-    "get_weights",
     "predict_object",
+    "get_weights",
     "set_weights",
 ]
 
@@ -43,26 +44,36 @@ _ACTIVATIONS = {
 }
 
 
+# --------------------------------------------------------------------------------------------------
+# building blocks
+
+
 def _phase_activation(x):
     return math.pi * tf.tanh(x)
 
 
-def _upsample_nearest(x):
+def _complex(amplitude, phase):
+    """``amplitude * exp(i * phase)``; amplitude may be negative (swish head), so not a polar form."""
+    return tf.complex(amplitude * tf.cos(phase), amplitude * tf.sin(phase))
+
+
+def _conv(width_in, width_out):
+    """3x3 convolution, "same" zero padding, with bias (built, so its weights exist)."""
+    conv = keras.layers.Conv2D(width_out, 3, padding="same", kernel_initializer="glorot_uniform", bias_initializer="zeros")
+    conv.build((None, None, None, width_in))
+    return conv
+
+
+def _pool(x):
+    """2x2 max-pooling, stride 2."""
+    return tf.nn.max_pool2d(x, 2, 2, "VALID")
+
+
+def _upsample(x):
     """Nearest-neighbour x2 upsampling of NHWC tensors (a broadcast, so its gradient is a sum)."""
     shape = tf.shape(x)
     doubled = tf.broadcast_to(x[:, :, None, :, None, :], [shape[0], shape[1], 2, shape[2], 2, shape[3]])
     return tf.reshape(doubled, [shape[0], 2 * shape[1], 2 * shape[2], shape[3]])
-
-
-def _conv(width, name):
-    return keras.layers.Conv2D(
-        width,
-        3,
-        padding="same",
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        name=name,
-    )
 
 
 def _widths(size, scale):
@@ -71,6 +82,71 @@ def _widths(size, scale):
     encoder = [128 * scale // 2 ** (depth - 1 - k) for k in range(depth)]
     decoder = [32 * scale * 2 ** (depth - 2 - k) for k in range(depth - 1)]
     return encoder, decoder
+
+
+def _chain(blocks, x):
+    """Apply ``blocks`` in order."""
+    for block in blocks:
+        x = block(x)
+    return x
+
+
+class _ConvPair(keras.layers.Layer):
+    """conv -> ReLU -> conv -> ReLU -> ``resample``: ConvPool (`_pool`) or ConvUp (`_upsample`)."""
+
+    def __init__(self, width_in, width, resample):
+        super().__init__()
+        self.conv0 = _conv(width_in, width)
+        self.conv1 = _conv(width, width)
+        self.resample = resample
+        self.built = True
+
+    def call(self, x):
+        return self.resample(tf.nn.relu(self.conv1(tf.nn.relu(self.conv0(x)))))
+
+
+class _UpBranch(_ConvPair):
+    """ConvUp(width_in, width) -> conv(width, channels): the outer-ring and full-size heads."""
+
+    def __init__(self, width_in, width, channels):
+        super().__init__(width_in, width, _upsample)
+        self.out = _conv(width, channels)
+
+    def call(self, x):
+        return self.out(super().call(x))
+
+
+class _Head(keras.layers.Layer):
+    """Output head of one decoder (amplitude or phase), see docs/architecture.md."""
+
+    def __init__(self, features, channels, scale, size, *, pad_object, probe_big, activation):
+        super().__init__()
+        self.activation = activation
+        self.pad_object = pad_object
+        self.quarter = size // 4
+        if pad_object:
+            self.center = _conv(features - 4, channels)
+            self.outer = _UpBranch(4, 32 * scale, channels) if probe_big else None
+            # 1 outside the central N/2 x N/2 window, where only the outer ring predicts
+            border = 1.0 - forward.window_weights(size, pad_object=True, probe_big=False)
+            self.border = tf.constant(border[:, :, None])
+        else:
+            self.full = _UpBranch(features, 32 * scale, channels)
+        self.built = True
+
+    def call(self, features):
+        # Activations and everything after them run in float32 (convolutions may compute in bfloat16).
+        if not self.pad_object:
+            return self.activation(tf.cast(self.full(features), tf.float32))
+        q = self.quarter
+        out = tf.pad(self.activation(tf.cast(self.center(features[..., :-4]), tf.float32)), [[0, 0], [q, q], [q, q], [0, 0]])
+        if self.outer is not None:
+            out = out + self.activation(tf.cast(self.outer(features[..., -4:]), tf.float32)) * self.border
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the network and the physics-informed model
 
 
 class PtychoNet(keras.Model):
@@ -83,93 +159,55 @@ class PtychoNet(keras.Model):
 
     Notes
     -----
-    ``call(inputs)`` takes normalised amplitudes ``(B, C, N, N)`` float32 and returns
-    ``(amplitude, phase)``, each ``(B, C, N, N)`` float32. Groups never mix (SPEC 4.7).
+    ``net(inputs)`` maps normalised amplitudes ``(B, C, N, N)`` float32 to ``(amplitude, phase)``,
+    each ``(B, K, N, N)`` float32 (``K = model_config.n_object_channels``). Groups never mix
+    (SPEC 4.7). Inside, the layers run channels-last (``(B, H, W, C)``) and every layer is built
+    here from known widths (no symbolic trace on the first call); shapes and weight layouts at the
+    boundary stay ``(B, C, H, W)`` / ``(out, in, kh, kw)``.
     """
 
-    def __init__(self, model_config, **kwargs):
-        super().__init__(**kwargs)
-        self.model_config = model_config
-        size, scale = model_config.N, model_config.n_filters_scale
-        self.patch_size = size
-        self.n_channels = model_config.n_channels
-        outputs = model_config.n_object_channels
+    def __init__(self, model_config):
+        super().__init__()
         if model_config.amp_activation not in _ACTIVATIONS:
             raise ValueError(
                 f"amp_activation={model_config.amp_activation!r} is not supported; use one of {sorted(_ACTIVATIONS)}."
             )
-        self._amp_activation = _ACTIVATIONS[model_config.amp_activation]
-        encoder_widths, decoder_widths = _widths(size, scale)
-        self._encoder_depth, self._decoder_depth = len(encoder_widths), len(decoder_widths)
-        self.feature_width = 32 * scale
-        # Every layer is built here from known widths, so no symbolic trace is needed on first call.
-        self.convs = {}  # canonical prefix (e.g. "encoder.0.conv1") -> Conv2D, in call order
-        width_in = self.n_channels
-        for i, width in enumerate(encoder_widths):
-            self._add_pair(f"encoder.{i}", width_in, width)
-            width_in = width
-        bottleneck = width_in
-        for branch in ("amp", "phase"):
-            width_in = bottleneck
-            for i, width in enumerate(decoder_widths):
-                self._add_pair(f"decoder_{branch}.{i}", width_in, width)
-                width_in = width
-            head = f"head_{branch}"
-            if model_config.pad_object:
-                self._add_conv(f"{head}.center", self.feature_width - 4, outputs)
-                if model_config.probe_big:
-                    self._add_pair(f"{head}.outer", 4, self.feature_width)
-                    self._add_conv(f"{head}.outer.out", self.feature_width, outputs)
-            else:
-                self._add_pair(f"{head}.full", self.feature_width, self.feature_width)
-                self._add_conv(f"{head}.full.out", self.feature_width, outputs)
-        self._conv_list = list(self.convs.values())  # tracked by Keras
+        size, scale = model_config.N, model_config.n_filters_scale
+        self.model_config = model_config
+        self.patch_size, self.n_channels = size, model_config.n_channels
+        encoder, decoder = _widths(size, scale)
+        pairs = list(zip([self.n_channels] + encoder[:-1], encoder))
+        self.encoder = [_ConvPair(width_in, width, _pool) for width_in, width in pairs]
+        pairs = list(zip(encoder[-1:] + decoder[:-1], decoder))
+        self.decoder_amp = [_ConvPair(width_in, width, _upsample) for width_in, width in pairs]
+        self.decoder_phase = [_ConvPair(width_in, width, _upsample) for width_in, width in pairs]
+        options = dict(pad_object=model_config.pad_object, probe_big=model_config.probe_big)
+        head = (decoder[-1], model_config.n_object_channels, scale, size)
+        self.head_amp = _Head(*head, activation=_ACTIVATIONS[model_config.amp_activation], **options)
+        self.head_phase = _Head(*head, activation=_phase_activation, **options)
         self.built = True
-        quarter = size // 4
-        border = np.ones((1, size, size, 1), dtype=np.float32)
-        border[:, quarter : size - quarter, quarter : size - quarter, :] = 0.0
-        self._border = tf.constant(border)
-
-    def _add_conv(self, prefix, width_in, width):
-        conv = _conv(width, prefix.replace(".", "_"))
-        conv.build((None, None, None, width_in))
-        self.convs[prefix] = conv
-
-    def _add_pair(self, prefix, width_in, width):
-        self._add_conv(f"{prefix}.conv0", width_in, width)
-        self._add_conv(f"{prefix}.conv1", width, width)
-
-    def _pair(self, prefix, x):
-        x = tf.nn.relu(self.convs[f"{prefix}.conv0"](x))
-        return tf.nn.relu(self.convs[f"{prefix}.conv1"](x))
-
-    def _head(self, prefix, x):
-        """Last convolution of a head; activations and everything after them run in float32."""
-        return tf.cast(self.convs[prefix](x), tf.float32)
-
-    def _decode(self, features, branch, activation):
-        x = features
-        for i in range(self._decoder_depth):
-            x = _upsample_nearest(self._pair(f"decoder_{branch}.{i}", x))
-        head = f"head_{branch}"
-        if self.model_config.pad_object:
-            quarter = self.patch_size // 4
-            center = activation(self._head(f"{head}.center", x[..., : self.feature_width - 4]))
-            out = tf.pad(center, [[0, 0], [quarter, quarter], [quarter, quarter], [0, 0]])
-            if self.model_config.probe_big:
-                outer = _upsample_nearest(self._pair(f"{head}.outer", x[..., self.feature_width - 4 :]))
-                out = out + activation(self._head(f"{head}.outer.out", outer)) * self._border
-            return out
-        full = _upsample_nearest(self._pair(f"{head}.full", x))
-        return activation(self._head(f"{head}.full.out", full))
 
     def call(self, inputs):
-        x = tf.transpose(tf.cast(inputs, tf.float32), [0, 2, 3, 1])
-        for i in range(self._encoder_depth):
-            x = tf.nn.max_pool2d(self._pair(f"encoder.{i}", x), 2, 2, "VALID")
-        amplitude = self._decode(x, "amp", self._amp_activation)
-        phase = self._decode(x, "phase", _phase_activation)
+        bottleneck = _chain(self.encoder, tf.transpose(tf.cast(inputs, tf.float32), [0, 2, 3, 1]))
+        amplitude = self.head_amp(_chain(self.decoder_amp, bottleneck))
+        phase = self.head_phase(_chain(self.decoder_phase, bottleneck))
         return tf.transpose(amplitude, [0, 3, 1, 2]), tf.transpose(phase, [0, 3, 1, 2])
+
+
+class _PhysicsParameters(keras.layers.Layer):
+    """``log_intensity_scale`` (scalar) and ``probe`` (real ``(N, N, 2)``: real and imaginary parts)."""
+
+    def __init__(self, probe, intensity_scale):
+        super().__init__()
+        # Created trainable so that TensorFlow records their gradients; Keras's flag (set below and
+        # by training.train) decides whether the optimiser updates them.
+        self.log_intensity_scale = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(float(np.log(intensity_scale))), name="log_intensity_scale"
+        )
+        parts = np.stack([probe.real, probe.imag], axis=-1).astype(np.float32)
+        self.probe = self.add_weight(shape=parts.shape, initializer=keras.initializers.Constant(parts), name="probe")
+        self.probe.trainable = False
+        self.built = True
 
 
 class PhysicsModel(keras.Model):
@@ -179,99 +217,69 @@ class PhysicsModel(keras.Model):
     ----------
     model_config : ptycholib.config.ModelConfig
     probe : ndarray of shape (N, N), complex64
-        Probe on the object grid, before normalisation.
+        Probe on the object grid, before normalisation (`ptycholib.forward.check_physics_inputs`).
     intensity_scale : float
         Initial ``s`` (stored as ``log s``).
 
     Notes
     -----
-    The probe is held as two float32 variables (real and imaginary parts), so Adam treats it like
-    torch does a complex parameter (as a pair of reals). Trainability of the probe and of ``log s``
-    is set by `ptycholib.tensorflow.training.train` from the TrainingConfig and the stage; at build
-    time the probe is frozen and ``log s`` trains (the TrainingConfig defaults).
+    ``model(inputs, offsets)`` returns ``(object_patches, predicted_amplitudes)`` as `forward_model`:
+    the network's patches through `ptycholib.tensorflow.physics.forward_model`. ``model.physics``
+    holds the variables ``physics.log_intensity_scale`` and ``physics.probe``, a real ``(N, N, 2)``
+    array (so Adam treats it as torch does a complex parameter, as a pair of reals). At build time
+    the probe is frozen and ``log s`` trains (the TrainingConfig defaults);
+    `ptycholib.tensorflow.training.train` applies the configured ``probe_trainable`` /
+    ``intensity_scale_trainable`` and each stage's settings.
     """
 
-    def __init__(self, model_config, probe, intensity_scale, **kwargs):
-        super().__init__(**kwargs)
-        probe = np.asarray(probe)
-        size = model_config.N
-        if probe.shape != (size, size):
-            raise ValueError(f"probe has shape {probe.shape} but N={size}; pass the (N, N) probe on the object grid.")
-        if not np.all(np.isfinite(probe)):
-            raise ValueError("probe contains NaN or Inf values.")
-        if not (np.isfinite(intensity_scale) and intensity_scale > 0):
-            raise ValueError(f"intensity_scale={intensity_scale!r} must be a positive finite number.")
+    def __init__(self, model_config, probe, intensity_scale):
+        super().__init__()
+        probe = forward.check_physics_inputs(model_config, probe, intensity_scale)
         self.model_config = model_config
-        self.net = PtychoNet(model_config, name="net")
-        # Created trainable so that TensorFlow records their gradients; Keras's flag (set below and
-        # by training.train) decides whether the optimiser updates them.
-        self.probe_real = self.add_weight(
-            shape=(size, size),
-            initializer=keras.initializers.Constant(probe.real.astype(np.float32)),
-            trainable=True,
-            name="probe_real",
-        )
-        self.probe_imag = self.add_weight(
-            shape=(size, size),
-            initializer=keras.initializers.Constant(probe.imag.astype(np.float32)),
-            trainable=True,
-            name="probe_imag",
-        )
-        self.log_intensity_scale = self.add_weight(
-            shape=(),
-            initializer=keras.initializers.Constant(float(np.log(intensity_scale))),
-            trainable=True,
-            name="log_intensity_scale",
-        )
-        self.probe_real.trainable = False
-        self.probe_imag.trainable = False
-        self._window = tf.constant(
-            forward.window_weights(size, pad_object=model_config.pad_object, probe_big=model_config.probe_big)
-        )
+        self.net = PtychoNet(model_config)
+        self.physics = _PhysicsParameters(probe, intensity_scale)
+        window = forward.window_weights(model_config.N, pad_object=model_config.pad_object, probe_big=model_config.probe_big)
+        self.window = tf.constant(window)
         self.built = True
 
     @property
     def probe(self):
-        """The probe as a complex64 tensor ``(N, N)``."""
-        return tf.complex(self.probe_real, self.probe_imag)
+        """The probe as a complex64 tensor ``(N, N)`` (a differentiable view of the variable)."""
+        return tf.complex(self.physics.probe[..., 0], self.physics.probe[..., 1])
 
-    def illuminated_patches(self, object_patches, offsets):
-        """The C views the probe illuminates (`ptycholib.forward.group_views`): group-canvas views
-        (``object_big``), views of the group's one object (not ``object_big``), or the patches (C = 1)."""
-        cfg = self.model_config
-        if cfg.gridsize == 1:
-            return object_patches
-        if cfg.object_big:
-            return physics.assemble_group_canvas(object_patches, offsets, self._window)
-        return physics.shared_object_views(object_patches, offsets)
+    @property
+    def intensity_scale(self):
+        """SPEC's ``s = exp(log_intensity_scale)`` as a scalar tensor."""
+        return tf.exp(self.physics.log_intensity_scale)
 
-    def physics(self, object_patches, offsets):
-        """Return ``(object_patches_on_canvas, predicted_amplitudes)`` from network patches."""
-        cfg = self.model_config
-        object_patches = self.illuminated_patches(object_patches, offsets)
-        exit_wave = physics.illuminate(
-            object_patches,
-            self.probe,
-            probe_scale=cfg.probe_scale,
-            probe_mask=cfg.probe_mask,
-            gaussian_smoothing_sigma=cfg.gaussian_smoothing_sigma,
+    def call(self, inputs, offsets):
+        amplitude, phase = self.net(inputs)
+        # The network's heads return float32, so physics is float32 under a mixed-precision policy too.
+        steps = physics.forward_model(
+            self.model_config, _complex(amplitude, phase), offsets, self.probe,
+            self.intensity_scale, window=self.window,
         )
-        return object_patches, physics.far_field_amplitude(exit_wave, tf.exp(self.log_intensity_scale))
+        return steps["views"], steps["amplitudes"]
 
-    def call(self, inputs):
-        x, offsets = inputs
-        amplitude, phase = self.net(x)
-        return self.physics(tf.complex(amplitude * tf.cos(phase), amplitude * tf.sin(phase)), offsets)
+
+# --------------------------------------------------------------------------------------------------
+# construction
 
 
 def _glorot_init(net, seed):
     """Draw Glorot-uniform kernels from ``np.random.default_rng(seed)`` and zero the biases."""
+    if seed is None:  # Keras drew Glorot-uniform kernels and zero biases when it built the layers
+        return
     rng = np.random.default_rng(int(seed))
-    for conv in net.convs.values():
-        kh, kw, width_in, width_out = conv.kernel.shape
-        limit = math.sqrt(6.0 / (kh * kw * (width_in + width_out)))
-        conv.kernel.assign(rng.uniform(-limit, limit, size=(kh, kw, width_in, width_out)).astype(np.float32))
-        conv.bias.assign(np.zeros(conv.bias.shape, dtype=np.float32))
+    convs = _named_convs(net)
+    # Layers in the order of `ptycholib.archive.canonical_shapes`, which fixes the draws of a seed.
+    for name in archive.canonical_shapes(net.model_config):
+        if name.endswith(".weight"):
+            conv = convs[name.removesuffix(".weight")]
+            kh, kw, width_in, width_out = conv.kernel.shape
+            limit = math.sqrt(6.0 / (kh * kw * (width_in + width_out)))
+            conv.kernel.assign(rng.uniform(-limit, limit, size=(kh, kw, width_in, width_out)).astype(np.float32))
+            conv.bias.assign(np.zeros(conv.bias.shape, dtype=np.float32))
 
 
 def build_network(model_config, *, seed=None):
@@ -287,11 +295,10 @@ def build_network(model_config, *, seed=None):
     Returns
     -------
     PtychoNet
-        Built (its weights exist); ``net(x)`` maps ``(B, C, N, N)`` to ``(amplitude, phase)``.
+        ``net(x)`` maps ``(B, C, N, N)`` to ``(amplitude, phase)``.
     """
-    net = PtychoNet(model_config, name="ptycho_net")
-    if seed is not None:
-        _glorot_init(net, seed)
+    net = PtychoNet(model_config)
+    _glorot_init(net, seed)
     return net
 
 
@@ -312,20 +319,34 @@ def build_model(model_config, probe, intensity_scale, *, seed=None):
     Returns
     -------
     PhysicsModel
-        Built; ``forward_model(model, inputs, offsets)`` runs it. The probe starts frozen and
-        ``log s`` trainable; `ptycholib.tensorflow.training.train` applies the TrainingConfig's
-        ``probe_trainable`` / ``intensity_scale_trainable`` and each stage's settings.
+        ``forward_model(model, inputs, offsets)`` runs it. The probe starts frozen and ``log s``
+        trainable; `ptycholib.tensorflow.training.train` applies the TrainingConfig.
     """
-    model = PhysicsModel(model_config, probe, intensity_scale, name="physics_model")
-    if seed is not None:
-        _glorot_init(model.net, seed)
+    model = PhysicsModel(model_config, probe, intensity_scale)
+    _glorot_init(model.net, seed)
     return model
 
 
-def _as_inputs(inputs, channels, size, name="inputs"):
+# --------------------------------------------------------------------------------------------------
+# running
+
+
+def _network_of(model_or_net):
+    if isinstance(model_or_net, PhysicsModel):
+        return model_or_net.net
+    if isinstance(model_or_net, PtychoNet):
+        return model_or_net
+    raise TypeError(f"expected a PtychoNet or PhysicsModel from {__package__}; got {type(model_or_net).__name__}.")
+
+
+def _as_inputs(net, inputs):
+    """``inputs`` as a float32 tensor, shape checked."""
     inputs = physics.to_tensor(inputs)
-    if inputs.shape.rank != 4 or tuple(inputs.shape[1:]) != (channels, size, size):
-        raise ValueError(f"{name} must have shape (B, {channels}, {size}, {size}) (channels-first); got {inputs.shape}.")
+    expected = (net.n_channels, net.patch_size, net.patch_size)
+    if inputs.ndim != 4 or tuple(inputs.shape[1:]) != expected:
+        raise ValueError(
+            f"inputs must have shape (B, {', '.join(map(str, expected))}) (channels-first); got {tuple(inputs.shape)}."
+        )
     return inputs
 
 
@@ -342,31 +363,27 @@ def forward_model(model, inputs, offsets):
 
     Returns
     -------
-    object_patches : tf.Tensor of shape (B, C, N, N), complex64
+    object_patches : tensor of shape (B, C, N, N), complex64
         The patches that are illuminated: the group-canvas views when ``object_big`` and C > 1,
         otherwise the network's patches.
-    predicted_amplitudes : tf.Tensor of shape (B, C, N, N), float32
+    predicted_amplitudes : tensor of shape (B, C, N, N), float32
         ``s * |fftshift(fft2(P_hat * O))| / N``.
+
+    Notes
+    -----
+    The network (`predict_object`) followed by ``physics.forward_model``, the twin of
+    `ptycholib.forward.forward_model`.
     """
     if not isinstance(model, PhysicsModel):
         raise TypeError(f"forward_model needs the model from build_model; got {type(model).__name__}.")
-    cfg = model.model_config
-    channels = cfg.gridsize**2
-    inputs = _as_inputs(inputs, channels, cfg.N)
+    inputs = _as_inputs(model.net, inputs)
     offsets = physics.to_tensor(offsets)
-    if offsets.shape.rank != 3 or tuple(offsets.shape[1:]) != (channels, 2) or offsets.shape[0] != inputs.shape[0]:
+    if tuple(offsets.shape) != (inputs.shape[0], model.net.n_channels, 2):
         raise ValueError(
-            f"offsets must have shape ({inputs.shape[0]}, {channels}, 2) with last axis (x, y); got {offsets.shape}."
+            f"offsets must have shape ({inputs.shape[0]}, {model.net.n_channels}, 2) with last axis (x, y); "
+            f"got {tuple(offsets.shape)}."
         )
-    return model((inputs, offsets))
-
-
-def _network_of(model_or_net):
-    if isinstance(model_or_net, PhysicsModel):
-        return model_or_net.net
-    if isinstance(model_or_net, PtychoNet):
-        return model_or_net
-    raise TypeError(f"expected a PtychoNet or PhysicsModel from ptycholib.tensorflow; got {type(model_or_net).__name__}.")
+    return model(inputs, offsets)
 
 
 def predict_object(model_or_net, inputs):
@@ -379,32 +396,66 @@ def predict_object(model_or_net, inputs):
 
     Returns
     -------
-    tf.Tensor of shape (B, C, N, N), complex64
-        Before any group-canvas merge (no offsets are involved).
+    tensor of shape (B, K, N, N), complex64
+        Before any group-canvas merge (no offsets are involved); ``K = n_object_channels``.
     """
     net = _network_of(model_or_net)
-    inputs = _as_inputs(inputs, net.n_channels, net.patch_size)
-    amplitude, phase = net(inputs)
-    return tf.complex(amplitude * tf.cos(phase), amplitude * tf.sin(phase))
+    amplitude, phase = net(_as_inputs(net, inputs))
+    return _complex(amplitude, phase)
 
 
-def _canonical_variables(model_or_net):
-    """Return ``{canonical name: (variable, kind)}`` with kind 'kernel', 'bias', 'scalar' or 'probe'."""
-    net = _network_of(model_or_net)
-    variables = {}
-    for prefix, conv in net.convs.items():
-        variables[f"{prefix}.weight"] = (conv.kernel, "kernel")
-        variables[f"{prefix}.bias"] = (conv.bias, "bias")
+# --------------------------------------------------------------------------------------------------
+# canonical weights
+
+
+def _named_convs(net):
+    """``{canonical prefix: convolution}`` of a PtychoNet, e.g. ``encoder.0.conv1`` (attribute paths)."""
+    convs = {}
+
+    def visit(value, path):
+        if isinstance(value, keras.layers.Conv2D):
+            convs[path] = value
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                visit(item, f"{path}.{index}")
+        elif isinstance(value, (_ConvPair, _Head)):
+            for name, item in vars(value).items():
+                if not name.startswith("_"):  # Keras's own bookkeeping
+                    visit(item, f"{path}.{name}")
+
+    for name in ("encoder", "decoder_amp", "decoder_phase", "head_amp", "head_phase"):
+        visit(getattr(net, name), name)
+    return convs
+
+
+def _canonical_parameters(model_or_net):
+    """Return ``{canonical name: variable}``; the probe variable is real ``(N, N, 2)``."""
+    parameters = {}
+    for prefix, conv in _named_convs(_network_of(model_or_net)).items():
+        parameters[f"{prefix}.weight"] = conv.kernel
+        parameters[f"{prefix}.bias"] = conv.bias
     if isinstance(model_or_net, PhysicsModel):
-        variables["physics.log_intensity_scale"] = (model_or_net.log_intensity_scale, "scalar")
-        variables["physics.probe"] = ((model_or_net.probe_real, model_or_net.probe_imag), "probe")
-    return variables
+        parameters["physics.log_intensity_scale"] = model_or_net.physics.log_intensity_scale
+        parameters["physics.probe"] = model_or_net.physics.probe
+    return parameters
 
 
-def _to_canonical(value, kind):
-    if kind == "kernel":
-        return np.ascontiguousarray(np.transpose(np.asarray(value), (3, 2, 0, 1)), dtype=np.float32)
-    return np.asarray(value, dtype=np.float32)
+def _to_canonical(name, value):
+    """A parameter's (or gradient's) NumPy value in the canonical layout: a float32 copy, the probe complex64."""
+    if name == "physics.probe":
+        return (value[..., 0] + 1j * value[..., 1]).astype(np.complex64)
+    if name.endswith(".weight"):  # Keras kernels are (kh, kw, in, out)
+        value = np.transpose(value, (3, 2, 0, 1))
+    return np.array(value, dtype=np.float32, order="C")
+
+
+def _from_canonical(name, value):
+    """The inverse of `_to_canonical`: a float32 array in the parameter's layout."""
+    if name == "physics.probe":
+        value = np.stack([np.real(value), np.imag(value)], axis=-1)
+    if name.endswith(".weight"):
+        value = np.transpose(value, (2, 3, 1, 0))
+    return np.asarray(value, dtype=np.float32, order="C")
 
 
 def get_weights(model_or_net):
@@ -417,17 +468,11 @@ def get_weights(model_or_net):
     Returns
     -------
     dict of str to ndarray
-        float32 arrays, conv kernels ``(out, in, kh, kw)``, biases ``(out,)``; a PhysicsModel adds
+        float32 copies, conv kernels ``(out, in, kh, kw)``, biases ``(out,)``; a PhysicsModel adds
         ``physics.log_intensity_scale`` (shape ``()``) and ``physics.probe`` ((N, N) complex64).
     """
-    weights = {}
-    for name, (variable, kind) in _canonical_variables(model_or_net).items():
-        if kind == "probe":
-            real, imag = (np.asarray(v.numpy(), dtype=np.float32) for v in variable)
-            weights[name] = (real + 1j * imag).astype(np.complex64)
-        else:
-            weights[name] = _to_canonical(variable.numpy(), kind)
-    return weights
+    parameters = _canonical_parameters(model_or_net)
+    return {name: _to_canonical(name, physics.to_numpy(parameter)) for name, parameter in parameters.items()}
 
 
 def set_weights(model_or_net, weights):
@@ -443,34 +488,23 @@ def set_weights(model_or_net, weights):
     Raises
     ------
     ValueError
-        Naming every missing or unexpected key, or the first key whose shape differs.
+        Naming every missing or unexpected key, or the first key whose shape differs or whose values
+        are not finite. Nothing is changed when it raises.
     """
-    variables = _canonical_variables(model_or_net)
+    parameters = _canonical_parameters(model_or_net)
     check_same_keys(
-        weights, variables, f"canonical weights do not match this {type(model_or_net).__name__}",
+        weights, parameters, f"canonical weights do not match this {type(model_or_net).__name__}",
         hint="Build the model with the same ModelConfig (N, gridsize, n_filters_scale, pad_object, probe_big) "
         "that produced the weights.",
     )
     updates = []
-    for name, (variable, kind) in variables.items():
+    for name, parameter in parameters.items():
         value = np.asarray(weights[name])
-        if kind == "probe":
-            expected = tuple(variable[0].shape)
-        elif kind == "kernel":
-            expected = tuple(variable.shape[i] for i in (3, 2, 0, 1))
-        else:
-            expected = tuple(variable.shape)
+        expected = _to_canonical(name, np.zeros(tuple(parameter.shape), np.float32)).shape
         if value.shape != expected:
             raise ValueError(f"weight {name!r} has shape {value.shape}; this model expects {expected}.")
         if not np.all(np.isfinite(value)):
             raise ValueError(f"weight {name!r} contains NaN or Inf values.")
-        updates.append((name, variable, kind, value))
-    for name, variable, kind, value in updates:
-        if kind == "probe":
-            variable[0].assign(np.real(value).astype(np.float32))
-            variable[1].assign(np.imag(value).astype(np.float32))
-        elif kind == "kernel":
-            variable.assign(np.transpose(value, (2, 3, 1, 0)).astype(np.float32))
-        else:
-            variable.assign(value.astype(np.float32))
-
+        updates.append((parameter, _from_canonical(name, value)))
+    for parameter, value in updates:
+        parameter.assign(value)

@@ -2,8 +2,9 @@
 
 Same function, name and signature as `ptycholib.reassemble.reassemble_patches` (the NumPy reference,
 which documents the formula) and as ``ptycholib.torch.reassemble``; they agree to 1e-5 relative
-(SPEC section 8). Inputs may be ``tf.Tensor`` or NumPy arrays; outputs are ``tf.Tensor``. The public
-layout is the library's: patches ``(M, N, N)`` (or ``(..., N, N)``), no channels-last at this boundary.
+(SPEC section 8). Inputs may be tensors or NumPy arrays, patches ``(M, N, N)`` or ``(..., N, N)``;
+outputs are tensors where TensorFlow places them, so predicted patches need not leave the accelerator.
+Differentiable with respect to the patches. Reached as ``get_backend("tensorflow").reassemble``.
 """
 
 from __future__ import annotations
@@ -11,15 +12,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from ptycholib import reassemble as _reference
+from .. import reassemble as _reference
+from . import physics
 
 __all__ = ["reassemble_patches"]
-
-
-def _to_numpy(values):
-    if isinstance(values, (tf.Tensor, tf.Variable)):
-        return values.numpy()
-    return np.asarray(values)
 
 
 def _splat_tiles(planes, fx, fy):
@@ -32,21 +28,21 @@ def _splat_tiles(planes, fx, fy):
 
 
 def reassemble_patches(object_patches, x_px, y_px, canvas_shape, *, crop_size=20, weighting="crop", probe=None):
-    """Place object patches at their absolute positions and average where they overlap (TensorFlow).
+    """Place object patches at their absolute positions and average where they overlap.
 
     Parameters
     ----------
-    object_patches : tf.Tensor or ndarray of shape (M, N, N) or (..., N, N), complex or real
-    x_px, y_px : tf.Tensor or ndarray of shape (M,) or (...)
+    object_patches : tensor or ndarray of shape (M, N, N) or (..., N, N), complex or real
+    x_px, y_px : tensor or ndarray of shape (M,) or (...)
         Absolute window centres in object pixels; read on the host in float64.
     canvas_shape, crop_size, weighting, probe
         As in `ptycholib.reassemble.reassemble_patches` (``probe`` may be a tensor too).
 
     Returns
     -------
-    obj : tf.Tensor of shape (rows, cols)
+    obj : tensor of shape (rows, cols)
         complex64 (complex128 for double input, real for real input); 0 where no weight landed.
-    weight_canvas : tf.Tensor of shape (rows, cols), float32 (float64 for double input)
+    weight_canvas : tensor of shape (rows, cols), float32 (float64 for double input)
 
     Notes
     -----
@@ -56,16 +52,16 @@ def reassemble_patches(object_patches, x_px, y_px, canvas_shape, *, crop_size=20
     the patches' precision. Eager only: positions are read on the host.
     """
     patches = tf.convert_to_tensor(object_patches)
-    if patches.shape.rank is None or patches.shape.rank < 3:
+    if patches.ndim < 3:
         raise ValueError(
             f"object_patches has shape {tuple(patches.shape)}; expected (M, N, N), one patch per position."
         )
     patch_size = int(patches.shape[-1])
     start, size, weights = _reference._region_and_weights(
-        patch_size, crop_size=crop_size, weighting=weighting, probe=None if probe is None else _to_numpy(probe)
+        patch_size, crop_size=crop_size, weighting=weighting, probe=None if probe is None else physics.to_numpy(probe)
     )
     plan = _reference._plan(
-        tuple(patches.shape), _to_numpy(x_px), _to_numpy(y_px), canvas_shape, region_start=start, region_size=size
+        tuple(patches.shape), physics.to_numpy(x_px), physics.to_numpy(y_px), canvas_shape, region_start=start, region_size=size
     )
     layout = _reference._layout(plan)
     is_complex = patches.dtype.is_complex

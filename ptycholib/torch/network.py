@@ -1,9 +1,10 @@
 """The PtychoPINN network and the physics-informed model in PyTorch (docs/architecture.md).
 
-Module attribute names are the canonical weight names, so ``net.state_dict()`` keys are the
-backend-neutral names of docs/architecture.md and `get_weights` / `set_weights` only convert layouts
-(torch already stores conv kernels as ``(out, in, kh, kw)``; the probe is held as a real
-``(N, N, 2)`` parameter and exported as complex64). Layout is channels-first throughout.
+Module attribute names are the canonical weight names (``encoder.0.conv1.weight``), and
+`get_weights` / `set_weights` exchange a dict of them with float32 arrays, conv kernels
+``(out, in, kh, kw)``, with the other backend and the model archive. Layout is channels-first at the
+boundary; inside, activations and kernels use torch's channels-last memory format (oneDNN's fast
+path on CPUs). ``ptycholib.tensorflow.network`` is the same text in Keras.
 """
 
 from __future__ import annotations
@@ -38,12 +39,27 @@ _ACTIVATIONS = {
 }
 
 
+# --------------------------------------------------------------------------------------------------
+# building blocks
+
+
 def _phase_activation(x):
     return math.pi * torch.tanh(x)
 
 
+def _complex(amplitude, phase):
+    """``amplitude * exp(i * phase)``; amplitude may be negative (swish head), so not a polar form."""
+    return torch.complex(amplitude * torch.cos(phase), amplitude * torch.sin(phase))
+
+
 def _conv(width_in, width_out):
+    """3x3 convolution, "same" zero padding, with bias."""
     return nn.Conv2d(width_in, width_out, kernel_size=3, padding=1)
+
+
+def _pool(x):
+    """2x2 max-pooling, stride 2."""
+    return F.max_pool2d(x, 2)
 
 
 def _upsample(x):
@@ -53,18 +69,21 @@ def _upsample(x):
 
 def _widths(size, scale):
     """Encoder and decoder widths for patch side ``size`` (table in docs/architecture.md)."""
-    depth = int(round(math.log2(size // 8)))  # 3 blocks at N=64, 4 at 128, 5 at 256
+    depth = (size // 8).bit_length() - 1  # log2(N / 8): 3 blocks at N=64, 4 at 128, 5 at 256
     encoder = [128 * scale // 2 ** (depth - 1 - k) for k in range(depth)]
     decoder = [32 * scale * 2 ** (depth - 2 - k) for k in range(depth - 1)]
     return encoder, decoder
 
 
-def _pool(x):
-    return F.max_pool2d(x, 2)
+def _chain(blocks, x):
+    """Apply ``blocks`` in order."""
+    for block in blocks:
+        x = block(x)
+    return x
 
 
 class _ConvPair(nn.Module):
-    """conv -> ReLU -> conv -> ReLU -> ``resample``: ConvPool (2x2 max-pool) or ConvUp (nearest x2)."""
+    """conv -> ReLU -> conv -> ReLU -> ``resample``: ConvPool (`_pool`) or ConvUp (`_upsample`)."""
 
     def __init__(self, width_in, width, resample):
         super().__init__()
@@ -97,12 +116,10 @@ class _Head(nn.Module):
         self.quarter = size // 4
         if pad_object:
             self.center = _conv(features - 4, channels)
-            if probe_big:
-                self.outer = _UpBranch(4, 32 * scale, channels)
-                border = 1.0 - forward.window_weights(size, pad_object=True, probe_big=False)
-                self.register_buffer("border", torch.as_tensor(border), persistent=False)
-            else:
-                self.outer = None
+            self.outer = _UpBranch(4, 32 * scale, channels) if probe_big else None
+            # 1 outside the central N/2 x N/2 window, where only the outer ring predicts
+            border = 1.0 - forward.window_weights(size, pad_object=True, probe_big=False)
+            self.register_buffer("border", torch.as_tensor(border), persistent=False)
         else:
             self.full = _UpBranch(features, 32 * scale, channels)
 
@@ -116,6 +133,10 @@ class _Head(nn.Module):
         return out
 
 
+# --------------------------------------------------------------------------------------------------
+# the network and the physics-informed model
+
+
 class PtychoNet(nn.Module):
     """PtychoPINN's encoder and amplitude/phase decoders (no physics).
 
@@ -127,34 +148,36 @@ class PtychoNet(nn.Module):
     Notes
     -----
     ``net(inputs)`` maps normalised amplitudes ``(B, C, N, N)`` float32 to ``(amplitude, phase)``,
-    each ``(B, C, N, N)`` float32. Groups never mix (SPEC 4.7). Inside, activations and kernels use
-    torch's channels-last memory format (oneDNN's fast path on CPUs, about 1.3x faster training
-    here); shapes and weight layouts stay ``(B, C, H, W)`` / ``(out, in, kh, kw)``.
+    each ``(B, K, N, N)`` float32 (``K = model_config.n_object_channels``). Groups never mix
+    (SPEC 4.7). Inside, activations and kernels use torch's channels-last memory format (about 1.3x
+    faster training on CPUs); shapes and weight layouts stay ``(B, C, H, W)`` / ``(out, in, kh, kw)``.
     """
 
     def __init__(self, model_config):
         super().__init__()
+        if model_config.amp_activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"amp_activation={model_config.amp_activation!r} is not supported; use one of {sorted(_ACTIVATIONS)}."
+            )
         size, scale = model_config.N, model_config.n_filters_scale
-        channels = model_config.n_channels
-        self.patch_size, self.n_channels = size, channels
-        outputs = model_config.n_object_channels
+        self.model_config = model_config
+        self.patch_size, self.n_channels = size, model_config.n_channels
         encoder, decoder = _widths(size, scale)
-        self.encoder = nn.Sequential(*[_ConvPair(w_in, w, _pool) for w_in, w in zip([channels] + encoder[:-1], encoder)])
-        decoder_pairs = list(zip(encoder[-1:] + decoder[:-1], decoder))
-        self.decoder_amp = nn.Sequential(*[_ConvPair(w_in, w, _upsample) for w_in, w in decoder_pairs])
-        self.decoder_phase = nn.Sequential(*[_ConvPair(w_in, w, _upsample) for w_in, w in decoder_pairs])
+        pairs = list(zip([self.n_channels] + encoder[:-1], encoder))
+        self.encoder = nn.ModuleList([_ConvPair(width_in, width, _pool) for width_in, width in pairs])
+        pairs = list(zip(encoder[-1:] + decoder[:-1], decoder))
+        self.decoder_amp = nn.ModuleList([_ConvPair(width_in, width, _upsample) for width_in, width in pairs])
+        self.decoder_phase = nn.ModuleList([_ConvPair(width_in, width, _upsample) for width_in, width in pairs])
         options = dict(pad_object=model_config.pad_object, probe_big=model_config.probe_big)
-        features = decoder[-1]
-        self.head_amp = _Head(
-            features, outputs, scale, size, activation=_ACTIVATIONS[model_config.amp_activation], **options
-        )
-        self.head_phase = _Head(features, outputs, scale, size, activation=_phase_activation, **options)
+        head = (decoder[-1], model_config.n_object_channels, scale, size)
+        self.head_amp = _Head(*head, activation=_ACTIVATIONS[model_config.amp_activation], **options)
+        self.head_phase = _Head(*head, activation=_phase_activation, **options)
         self.to(memory_format=torch.channels_last)
 
     def forward(self, inputs):
-        bottleneck = self.encoder(inputs.contiguous(memory_format=torch.channels_last))
-        amplitude = self.head_amp(self.decoder_amp(bottleneck))
-        phase = self.head_phase(self.decoder_phase(bottleneck))
+        bottleneck = _chain(self.encoder, inputs.contiguous(memory_format=torch.channels_last))
+        amplitude = self.head_amp(_chain(self.decoder_amp, bottleneck))
+        phase = self.head_phase(_chain(self.decoder_phase, bottleneck))
         return amplitude.contiguous(), phase.contiguous()
 
 
@@ -163,7 +186,6 @@ class _PhysicsParameters(nn.Module):
 
     def __init__(self, probe, intensity_scale):
         super().__init__()
-        probe = np.asarray(probe, dtype=np.complex64)
         self.log_intensity_scale = nn.Parameter(torch.tensor(float(np.log(intensity_scale)), dtype=torch.float32))
         self.probe = nn.Parameter(torch.view_as_real(torch.as_tensor(probe)).clone(), requires_grad=False)
 
@@ -175,33 +197,28 @@ class PhysicsModel(nn.Module):
     ----------
     model_config : ptycholib.config.ModelConfig
     probe : ndarray of shape (N, N), complex64
-        Probe on the object grid, before normalisation.
+        Probe on the object grid, before normalisation (`ptycholib.forward.check_physics_inputs`).
     intensity_scale : float
         Initial ``s`` (stored as ``log s``).
 
     Notes
     -----
-    ``model(inputs, offsets)`` returns ``(object_patches, predicted_amplitudes)`` as `forward_model`.
-    The probe is a real parameter ``(N, N, 2)`` (so DDP and every optimiser see plain floats; Adam
-    treats it exactly as a complex parameter). At build time the probe is frozen and ``log s`` trains
-    (the TrainingConfig defaults); `ptycholib.torch.training.train` applies the configured
-    ``probe_trainable`` / ``intensity_scale_trainable`` and each stage's settings.
+    ``model(inputs, offsets)`` returns ``(object_patches, predicted_amplitudes)`` as `forward_model`:
+    the network's patches through `ptycholib.torch.physics.forward_model`. ``model.physics`` holds
+    the parameters ``physics.log_intensity_scale`` and ``physics.probe``, a real ``(N, N, 2)`` array
+    (so DDP and every optimiser see plain floats; Adam treats it exactly as a complex parameter). At
+    build time the probe is frozen and ``log s`` trains (the TrainingConfig defaults);
+    `ptycholib.torch.training.train` applies the configured ``probe_trainable`` /
+    ``intensity_scale_trainable`` and each stage's settings.
     """
 
     def __init__(self, model_config, probe, intensity_scale):
         super().__init__()
-        size = model_config.N
-        probe = np.asarray(probe)
-        if probe.shape != (size, size):
-            raise ValueError(f"probe has shape {probe.shape} but N={size}; pass the (N, N) probe on the object grid.")
-        if not np.all(np.isfinite(probe)):
-            raise ValueError("probe contains NaN or Inf values.")
-        if not (np.isfinite(intensity_scale) and intensity_scale > 0):
-            raise ValueError(f"intensity_scale={intensity_scale!r} must be a positive finite number.")
+        probe = forward.check_physics_inputs(model_config, probe, intensity_scale)
         self.model_config = model_config
         self.net = PtychoNet(model_config)
         self.physics = _PhysicsParameters(probe, intensity_scale)
-        window = forward.window_weights(size, pad_object=model_config.pad_object, probe_big=model_config.probe_big)
+        window = forward.window_weights(model_config.N, pad_object=model_config.pad_object, probe_big=model_config.probe_big)
         self.register_buffer("window", torch.as_tensor(window), persistent=False)
 
     @property
@@ -214,45 +231,27 @@ class PhysicsModel(nn.Module):
         """SPEC's ``s = exp(log_intensity_scale)`` as a scalar tensor."""
         return torch.exp(self.physics.log_intensity_scale)
 
-    def illuminated_patches(self, object_patches, offsets):
-        """The C views the probe illuminates (`ptycholib.forward.group_views`): group-canvas views
-        (``object_big``), views of the group's one object (not ``object_big``), or the patches (C = 1)."""
-        cfg = self.model_config
-        if cfg.gridsize == 1:
-            return object_patches
-        if cfg.object_big:
-            return physics.assemble_group_canvas(object_patches, offsets, self.window)
-        return physics.shared_object_views(object_patches, offsets)
-
     def forward(self, inputs, offsets):
-        cfg = self.model_config
         amplitude, phase = self.net(inputs)
         # Under mixed-precision autocast only the network runs in low precision; physics is float32.
         with torch.autocast(inputs.device.type, enabled=False):
-            views = self.illuminated_patches(_complex(amplitude.float(), phase.float()), offsets)
-            exit_wave = physics.illuminate(
-                views,
-                self.probe,
-                probe_scale=cfg.probe_scale,
-                probe_mask=cfg.probe_mask,
-                gaussian_smoothing_sigma=cfg.gaussian_smoothing_sigma,
+            steps = physics.forward_model(
+                self.model_config, _complex(amplitude.float(), phase.float()), offsets, self.probe,
+                self.intensity_scale, window=self.window,
             )
-            return views, physics.far_field_amplitude(exit_wave, self.intensity_scale)
+        return steps["views"], steps["amplitudes"]
 
 
-def _complex(amplitude, phase):
-    """``amplitude * exp(i * phase)``; amplitude may be negative (swish head), so not torch.polar."""
-    return torch.complex(amplitude * torch.cos(phase), amplitude * torch.sin(phase))
+# --------------------------------------------------------------------------------------------------
+# construction
 
 
-def _glorot_init(module, seed):
-    generator = None
-    if seed is not None:
-        generator = torch.Generator().manual_seed(int(seed))
-    for layer in module.modules():
-        if isinstance(layer, nn.Conv2d):
-            nn.init.xavier_uniform_(layer.weight, generator=generator)
-            nn.init.zeros_(layer.bias)
+def _glorot_init(net, seed):
+    """Draw Glorot-uniform kernels (a private generator seeded with ``seed``) and zero the biases."""
+    generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+    for conv in _named_convs(net).values():
+        nn.init.xavier_uniform_(conv.weight, generator=generator)
+        nn.init.zeros_(conv.bias)
 
 
 def build_network(model_config, *, seed=None):
@@ -300,21 +299,25 @@ def build_model(model_config, probe, intensity_scale, *, seed=None):
     return model
 
 
+# --------------------------------------------------------------------------------------------------
+# running
+
+
 def _network_of(model_or_net):
     if isinstance(model_or_net, PhysicsModel):
         return model_or_net.net
     if isinstance(model_or_net, PtychoNet):
         return model_or_net
-    raise TypeError(f"expected a PtychoNet or PhysicsModel from ptycholib.torch; got {type(model_or_net).__name__}.")
+    raise TypeError(f"expected a PtychoNet or PhysicsModel from {__package__}; got {type(model_or_net).__name__}.")
 
 
-def _as_inputs(net, inputs, name="inputs"):
-    device = next(net.parameters()).device
-    inputs = physics.to_tensor(inputs, device=device)
+def _as_inputs(net, inputs):
+    """``inputs`` as a float32 tensor on the network's device, shape checked."""
+    inputs = physics.to_tensor(inputs, device=next(net.parameters()).device)
     expected = (net.n_channels, net.patch_size, net.patch_size)
     if inputs.ndim != 4 or tuple(inputs.shape[1:]) != expected:
         raise ValueError(
-            f"{name} must have shape (B, {', '.join(map(str, expected))}) (channels-first); got {tuple(inputs.shape)}."
+            f"inputs must have shape (B, {', '.join(map(str, expected))}) (channels-first); got {tuple(inputs.shape)}."
         )
     return inputs
 
@@ -332,11 +335,16 @@ def forward_model(model, inputs, offsets):
 
     Returns
     -------
-    object_patches : torch.Tensor of shape (B, C, N, N), complex64
+    object_patches : tensor of shape (B, C, N, N), complex64
         The patches that are illuminated: the group-canvas views when ``object_big`` and C > 1,
         otherwise the network's patches.
-    predicted_amplitudes : torch.Tensor of shape (B, C, N, N), float32
+    predicted_amplitudes : tensor of shape (B, C, N, N), float32
         ``s * |fftshift(fft2(P_hat * O))| / N``.
+
+    Notes
+    -----
+    The network (`predict_object`) followed by ``physics.forward_model``, the twin of
+    `ptycholib.forward.forward_model`.
     """
     if not isinstance(model, PhysicsModel):
         raise TypeError(f"forward_model needs the model from build_model; got {type(model).__name__}.")
@@ -360,22 +368,47 @@ def predict_object(model_or_net, inputs):
 
     Returns
     -------
-    torch.Tensor of shape (B, C, N, N), complex64
-        Before any group-canvas merge (no offsets are involved).
+    tensor of shape (B, K, N, N), complex64
+        Before any group-canvas merge (no offsets are involved); ``K = n_object_channels``.
     """
     net = _network_of(model_or_net)
     amplitude, phase = net(_as_inputs(net, inputs))
     return _complex(amplitude, phase)
 
 
+# --------------------------------------------------------------------------------------------------
+# canonical weights
+
+
+def _named_convs(net):
+    """``{canonical prefix: convolution}`` of a PtychoNet, e.g. ``encoder.0.conv1``."""
+    return {name: module for name, module in net.named_modules() if isinstance(module, nn.Conv2d)}
+
+
 def _canonical_parameters(model_or_net):
     """Return ``{canonical name: parameter}``; the probe parameter is real ``(N, N, 2)``."""
-    net = _network_of(model_or_net)
-    parameters = dict(net.named_parameters())
+    parameters = {}
+    for prefix, conv in _named_convs(_network_of(model_or_net)).items():
+        parameters[f"{prefix}.weight"] = conv.weight
+        parameters[f"{prefix}.bias"] = conv.bias
     if isinstance(model_or_net, PhysicsModel):
         parameters["physics.log_intensity_scale"] = model_or_net.physics.log_intensity_scale
         parameters["physics.probe"] = model_or_net.physics.probe
     return parameters
+
+
+def _to_canonical(name, value):
+    """A parameter's (or gradient's) NumPy value in the canonical layout: a float32 copy, the probe complex64."""
+    if name == "physics.probe":
+        return (value[..., 0] + 1j * value[..., 1]).astype(np.complex64)
+    return np.array(value, dtype=np.float32, order="C")
+
+
+def _from_canonical(name, value):
+    """The inverse of `_to_canonical`: a float32 array in the parameter's layout."""
+    if name == "physics.probe":
+        value = np.stack([np.real(value), np.imag(value)], axis=-1)
+    return np.asarray(value, dtype=np.float32, order="C")
 
 
 def get_weights(model_or_net):
@@ -391,14 +424,8 @@ def get_weights(model_or_net):
         float32 copies, conv kernels ``(out, in, kh, kw)``, biases ``(out,)``; a PhysicsModel adds
         ``physics.log_intensity_scale`` (shape ``()``) and ``physics.probe`` ((N, N) complex64).
     """
-    weights = {}
-    for name, parameter in _canonical_parameters(model_or_net).items():
-        value = parameter.detach().cpu()
-        if name == "physics.probe":
-            weights[name] = torch.view_as_complex(value.contiguous()).numpy().astype(np.complex64)
-        else:
-            weights[name] = np.array(value.numpy(), dtype=np.float32, order="C")  # a copy
-    return weights
+    parameters = _canonical_parameters(model_or_net)
+    return {name: _to_canonical(name, physics.to_numpy(parameter)) for name, parameter in parameters.items()}
 
 
 def set_weights(model_or_net, weights):
@@ -426,16 +453,12 @@ def set_weights(model_or_net, weights):
     updates = []
     for name, parameter in parameters.items():
         value = np.asarray(weights[name])
-        if name == "physics.probe":
-            expected = tuple(parameter.shape[:2])
-            value = np.stack([np.real(value), np.imag(value)], axis=-1)
-        else:
-            expected = tuple(parameter.shape)
-        if np.asarray(weights[name]).shape != expected:
-            raise ValueError(f"weight {name!r} has shape {np.asarray(weights[name]).shape}; this model expects {expected}.")
+        expected = _to_canonical(name, np.zeros(tuple(parameter.shape), np.float32)).shape
+        if value.shape != expected:
+            raise ValueError(f"weight {name!r} has shape {value.shape}; this model expects {expected}.")
         if not np.all(np.isfinite(value)):
             raise ValueError(f"weight {name!r} contains NaN or Inf values.")
-        updates.append((parameter, value))
+        updates.append((parameter, _from_canonical(name, value)))
     with torch.no_grad():
         for parameter, value in updates:
-            parameter.copy_(torch.as_tensor(np.asarray(value, dtype=np.float32)))
+            parameter.copy_(torch.as_tensor(value))

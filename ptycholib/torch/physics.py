@@ -1,10 +1,11 @@
-"""PyTorch implementation of the physics forward model (SPEC section 4).
+"""The physics forward model in PyTorch (SPEC section 4).
 
 Every function mirrors the NumPy reference in `ptycholib.forward` formula for formula and agrees with
 it to float32 precision (SPEC section 8); read that module for the conventions. Inputs may be NumPy
 arrays or tensors; outputs are tensors on the input's device (convert with `to_numpy`). Layout is
 channels-first, ``(..., N, N)`` on the last two axes; offsets and shifts carry their last axis as
 ``(x, y)`` in pixels. All operations are differentiable with respect to the images, patches and probe.
+``ptycholib.tensorflow.physics`` is the same text in TensorFlow.
 """
 
 from __future__ import annotations
@@ -20,15 +21,21 @@ __all__ = [
     "translate_bilinear",
     "assemble_group_canvas",
     "shared_object_views",
+    "group_views",
     "normalize_probe",
     "illuminate",
     "far_field_amplitude",
+    "forward_model",
     "poisson_nll",
     "amplitude_mae",
     "fft_amplitude_raw",
 ]
 
 _NLL_EPS = 1e-8
+
+
+# --------------------------------------------------------------------------------------------------
+# conversion
 
 
 def to_tensor(array, device=None):
@@ -53,7 +60,7 @@ def to_tensor(array, device=None):
     return tensor if device is None else tensor.to(device)
 
 
-def _as_float64(values, device):
+def _as_float64(values, device=None):
     """Shifts and offsets stay float64 until split into whole and fractional pixels."""
     if isinstance(values, torch.Tensor):
         return values.to(device=device, dtype=torch.float64)
@@ -61,41 +68,67 @@ def _as_float64(values, device):
 
 
 def to_numpy(tensor):
-    """Return a tensor (or anything array-like) as a NumPy array, detached and on the CPU."""
+    """Return a tensor (or anything array-like) as a NumPy array, detached and on the host."""
     if isinstance(tensor, torch.Tensor):
         return tensor.detach().cpu().numpy()
     return np.asarray(tensor)
 
 
-def _shift_axis(images, whole, fraction, dim):
-    """Apply ``out[k] = (1-f) in[k-i] + f in[k-i-1]`` (zeros outside) along dim 1 or 2 of (M, H, W).
-
-    ``whole`` (int64) and ``fraction`` (float32) have shape (M,). One gather of ``size + 1`` source
-    indices ``k - i`` for ``k = -1 .. size - 1`` serves both taps; the validity mask is folded into
-    the two tap weights, so the full-size arrays see one gather, two products and one sum.
-    """
-    size = images.shape[dim]
-    targets = torch.arange(-1, size, device=images.device)
-    source = targets[None, :] - whole[:, None]  # (M, size + 1)
-    valid = ((source >= 0) & (source < size)).to(images.dtype)
-    index = source.clamp(0, size - 1)
-    fraction = fraction[:, None].to(images.dtype)
-    weight_upper = (1 - fraction) * valid[:, 1:]  # multiplies in[k - i]
-    weight_lower = fraction * valid[:, :-1]  # multiplies in[k - i - 1]
-    if dim == 1:
-        taps = torch.gather(images, 1, index[:, :, None].expand(-1, -1, images.shape[2]))
-        return weight_upper[:, :, None] * taps[:, 1:, :] + weight_lower[:, :, None] * taps[:, :-1, :]
-    taps = torch.gather(images, 2, index[:, None, :].expand(-1, images.shape[1], -1))
-    return weight_upper[:, None, :] * taps[:, :, 1:] + weight_lower[:, None, :] * taps[:, :, :-1]
+# --------------------------------------------------------------------------------------------------
+# translation
 
 
-def _translate_real(images, shifts):
-    """Translate real images ``(M, H, W)`` by shifts ``(M, 2)``; see `translate_bilinear`."""
+def _split_shift(shifts):
+    """Split float64 shifts into integer steps (int64) and float32 fractions (``0 <= f < 1``)."""
     whole = torch.floor(shifts)
-    fraction = (shifts - whole).to(torch.float32)
-    whole = whole.to(torch.int64)
-    rows_moved = _shift_axis(images, whole[:, 1], fraction[:, 1], dim=1)
-    return _shift_axis(rows_moved, whole[:, 0], fraction[:, 0], dim=2)
+    return whole.to(torch.int64), (shifts - whole).to(torch.float32)
+
+
+def _interpolation_matrices(shifts, size):
+    """Return ``R`` of shape ``shifts.shape + (size, size)``: ``(R @ v)[k] = (1-f) v[k-i] + f v[k-i-1]``.
+
+    ``i = floor(shift)``, ``f = shift - i``; a source index outside ``[0, size)`` has no entry, which
+    is the "zeros outside" rule. The two taps of each shift are scattered into a vector indexed by
+    the distance ``d = k - k'`` (slots ``0`` and ``2 size`` park the taps beyond the image, and no
+    entry reads them); one gather of ``[k - k' + size]`` then writes every (Toeplitz) matrix.
+    """
+    whole, fraction = _split_shift(shifts)
+    whole, fraction = whole[..., None], fraction[..., None]
+    taps = torch.zeros(shifts.shape + (2 * size + 1,), device=shifts.device)
+    taps.scatter_(-1, whole.clamp(-size, size) + size, 1 - fraction)
+    taps.scatter_add_(-1, (whole + 1).clamp(-size, size) + size, fraction)
+    steps = torch.arange(size, device=shifts.device)
+    distance = (steps[:, None] - steps[None, :] + size).expand(shifts.shape + (size, size))
+    return torch.gather(taps[..., None, :].expand(shifts.shape + (size, 2 * size + 1)), -1, distance)
+
+
+def _shift_axis(planes, shifts, axis):
+    """Translate real planes ``(M, P, H, W)`` along ``axis`` (-2: rows, -1: columns) by shifts ``(M,)``.
+
+    ``out[k] = (1-f) in[k-i] + f in[k-i-1]`` (zeros outside), shared by the P planes of an image.
+    A gather, not the banded matrix of TensorFlow's twin: one gather of ``size + 1`` source indices
+    ``k - i`` for ``k = -1 .. size - 1`` serves both taps, and the validity mask is folded into the
+    two tap weights, so the full-size arrays see one gather, two products and one sum.
+    """
+    size = planes.shape[axis]
+    whole, fraction = _split_shift(shifts)
+    source = torch.arange(-1, size, device=planes.device)[None, :] - whole[:, None]  # (M, size + 1)
+    valid = ((source >= 0) & (source < size)).to(planes.dtype)
+    index = source.clamp(0, size - 1)
+    fraction = fraction[:, None].to(planes.dtype)
+    upper = (1 - fraction) * valid[:, 1:]  # multiplies in[k - i]
+    lower = fraction * valid[:, :-1]  # multiplies in[k - i - 1]
+    batch, count, height, width = planes.shape
+    if axis == -2:
+        taps = torch.gather(planes, 2, index[:, None, :, None].expand(batch, count, size + 1, width))
+        return upper[:, None, :, None] * taps[:, :, 1:, :] + lower[:, None, :, None] * taps[:, :, :-1, :]
+    taps = torch.gather(planes, 3, index[:, None, None, :].expand(batch, count, height, size + 1))
+    return upper[:, None, None, :] * taps[..., 1:] + lower[:, None, None, :] * taps[..., :-1]
+
+
+def _translate_planes(planes, shifts):
+    """Translate real planes ``(M, P, H, W)`` by float64 shifts ``(M, 2)``, rows then columns."""
+    return _shift_axis(_shift_axis(planes, shifts[:, 1], -2), shifts[:, 0], -1)
 
 
 def translate_bilinear(images, shifts):
@@ -111,16 +144,16 @@ def translate_bilinear(images, shifts):
 
     Returns
     -------
-    torch.Tensor of shape (..., H, W), same dtype as ``images``
+    tensor of shape (..., H, W), same dtype as ``images``
         ``out[r, c] = in(r - dy, c - dx)`` read bilinearly; samples outside the input contribute 0.
 
     Notes
     -----
     The explicit formula of `ptycholib.forward.translate_bilinear` (so an integer shift is a
     zero-filled roll and a half-pixel shift the neighbour average), applied separably, rows then
-    columns, each as one gather; the four-tap formula factorises exactly into these two passes
-    because both its weights and its zero-outside mask are products of a row and a column factor.
-    Shifts are split into integer and fractional parts in float64. Not ``grid_sample``.
+    columns; the four-tap formula factorises exactly into these two passes because both its weights
+    and its zero-outside mask are products of a row and a column factor. Shifts are split into
+    integer and fractional parts in float64. No library warp and its border rules.
 
     Examples
     --------
@@ -137,15 +170,17 @@ def translate_bilinear(images, shifts):
     height, width = images.shape[-2:]
     batch_shape = torch.broadcast_shapes(images.shape[:-2], shifts.shape[:-1])
     flat = images.expand(*batch_shape, height, width).reshape(-1, height, width)
-    flat_shifts = shifts.expand(*batch_shape, 2).reshape(-1, 2)
+    shifts = shifts.expand(*batch_shape, 2).reshape(-1, 2)
     if flat.is_complex():
-        parts = torch.cat([flat.real, flat.imag])
-        moved = _translate_real(parts, torch.cat([flat_shifts, flat_shifts]))
-        real, imag = moved.chunk(2)
-        moved = torch.complex(real, imag)
+        moved = _translate_planes(torch.stack([flat.real, flat.imag], dim=1), shifts)
+        moved = torch.complex(moved[:, 0], moved[:, 1])
     else:
-        moved = _translate_real(flat, flat_shifts)
+        moved = _translate_planes(flat[:, None], shifts)[:, 0]
     return moved.reshape(*batch_shape, height, width)
+
+
+# --------------------------------------------------------------------------------------------------
+# group views
 
 
 def assemble_group_canvas(object_patches, offsets, weights):
@@ -162,19 +197,20 @@ def assemble_group_canvas(object_patches, offsets, weights):
 
     Returns
     -------
-    torch.Tensor of shape (B, C, N, N), complex64
+    tensor of shape (B, C, N, N), complex64
         View of the merged group canvas at each member's position; groups never mix (SPEC 4.7).
 
     Notes
     -----
     ``view_j = sum_i T(o_i - o_j)[w O_i] / sum_i T(o_i - o_j)[w]``, the denominator replaced by 1
-    where it is zero (as in `ptycholib.forward.assemble_group_canvas`). Each translation is the same
-    two-tap bilinear formula as `translate_bilinear`, written as ``T(d)[X] = R_y X R_x^T`` with
+    where it is zero (as in `ptycholib.forward.assemble_group_canvas`). Each translation is the
+    two-tap bilinear formula of `translate_bilinear` written as ``T(d)[X] = R_y X R_x^T`` with
     banded interpolation matrices, so that forward and backward are batched matrix products (no
-    per-pixel gathers or scatters): the column pass of patch ``i`` is one product for all members
-    ``j``, and the row pass of member ``j`` one product that also sums over the patches ``i``. On a
-    CPU core this is 2.5x (forward) and 3.5x (forward + backward) faster than translating all C²
-    pairs pixel by pixel. The weights are constants: no gradient flows into them.
+    per-pixel gathers or scatters). The blocks of all members ``j`` sit side by side, so the column
+    pass of patch ``i`` is one product for all ``j`` and the row pass of member ``j`` one product
+    that also sums over the patches ``i``: on a CPU core 2.5x (forward) and 3.5x (forward +
+    backward) faster than translating all C² pairs. The weights are constants: no gradient flows
+    into them.
     """
     object_patches = to_tensor(object_patches)
     device = object_patches.device
@@ -194,18 +230,20 @@ def assemble_group_canvas(object_patches, offsets, weights):
         raise ValueError(f"weights must have shape ({height}, {width}); got {tuple(weights.shape)}.")
     relative = offsets[:, None, :, :] - offsets[:, :, None, :]  # (B, j, i, 2): o_i - o_j
     # columns_t[b, i, k', j*W + k] = R_x(o_i - o_j)[k, k']: one product per patch serves all members j.
-    columns_t = _toeplitz_blocks(_bilinear_taps(relative[..., 0].transpose(1, 2), width).flip(-1), width)
+    columns_t = _interpolation_matrices(relative[..., 0].transpose(1, 2), width)  # (B, i, j, W, W)
+    columns_t = columns_t.permute(0, 1, 4, 2, 3).reshape(batch, channels, width, channels * width)
     # rows[b, j, k, i*H + k'] = R_y(o_i - o_j)[k, k']: one product per member sums over the patches i.
-    rows = _toeplitz_blocks(_bilinear_taps(relative[..., 1], height), height)
+    rows = _interpolation_matrices(relative[..., 1], height)  # (B, j, i, H, H)
+    rows = rows.permute(0, 1, 3, 2, 4).reshape(batch, channels, height, channels * height)
     parts = torch.stack([object_patches.real * weights, object_patches.imag * weights], dim=2)
     moved = parts.reshape(batch, channels, 2 * height, width) @ columns_t  # (B, i, [part, r], [j, c])
     moved = moved.reshape(batch, channels, 2, height, channels, width).permute(0, 4, 1, 3, 2, 5)
-    summed = rows @ moved.reshape(batch, channels, channels * height, 2 * width)  # (B, j, H, [part, c])
+    numerator = rows @ moved.reshape(batch, channels, channels * height, 2 * width)  # (B, j, H, [part, c])
     with torch.no_grad():  # the window weights are constants
         coverage = (weights @ columns_t).reshape(batch, channels, height, channels, width).permute(0, 3, 1, 2, 4)
         denominator = rows @ coverage.reshape(batch, channels, channels * height, width)
-        denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-    return torch.complex(summed[..., :width] / denominator, summed[..., width:] / denominator)
+    denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return torch.complex(numerator[..., :width] / denominator, numerator[..., width:] / denominator)
 
 
 def shared_object_views(group_objects, offsets):
@@ -220,7 +258,7 @@ def shared_object_views(group_objects, offsets):
 
     Returns
     -------
-    torch.Tensor of shape (B, C, N, N), complex64
+    tensor of shape (B, C, N, N), complex64
         ``view_j = T(-o_j)[O]`` with `translate_bilinear`, as `ptycholib.forward.shared_object_views`.
     """
     group_objects = to_tensor(group_objects)
@@ -229,37 +267,44 @@ def shared_object_views(group_objects, offsets):
     return translate_bilinear(group_objects, -_as_float64(offsets, group_objects.device))
 
 
-def _bilinear_taps(shifts, size):
-    """Return ``V`` of shape ``shifts.shape + (2 size + 1,)``: the two taps of each shift by distance.
+def group_views(model_config, object_patches, offsets, *, window=None):
+    """Return the patches the probe illuminates, as the model configuration says (SPEC 4.4).
 
-    ``V[d + size]`` weighs ``in[k - d]`` in ``out[k]``: ``1 - f`` at ``d = i`` and ``f`` at
-    ``d = i + 1`` (``i = floor(shift)``, ``f = shift - i``, split in float64). Distances beyond the
-    image are parked in the end slots ``0`` and ``2 size``, which no output reads: zeros outside.
+    Parameters
+    ----------
+    model_config : ptycholib.config.ModelConfig
+        Uses ``gridsize``, ``object_big``, ``N``, ``pad_object`` and ``probe_big``.
+    object_patches : tensor or ndarray of shape (B, K, N, N), complex64
+        The network's patches, ``K = model_config.n_object_channels``.
+    offsets : tensor or ndarray of shape (B, C, 2)
+        Position minus group mean in pixels, last axis ``(x, y)``.
+    window : tensor or ndarray of shape (N, N), float32, optional
+        `ptycholib.forward.window_weights` of the configuration, when the caller keeps it (the
+        model holds it as a constant on its device); computed when not given.
+
+    Returns
+    -------
+    tensor of shape (B, C, N, N), complex64
+        `assemble_group_canvas` (``object_big``), `shared_object_views` (not ``object_big``), or the
+        patches themselves at gridsize 1, as `ptycholib.forward.group_views`.
     """
-    whole = torch.floor(shifts)
-    fraction = (shifts - whole).to(torch.float32)[..., None]
-    whole = whole.to(torch.int64)[..., None]
-    taps = torch.zeros(shifts.shape + (2 * size + 1,), device=shifts.device)
-    taps.scatter_(-1, whole.clamp(-size, size) + size, 1 - fraction)
-    return taps.scatter_add_(-1, (whole + 1).clamp(-size, size) + size, fraction)
+    cfg = model_config
+    if cfg.gridsize == 1:
+        return to_tensor(object_patches)
+    if cfg.object_big:
+        if window is None:
+            window = forward.window_weights(cfg.N, pad_object=cfg.pad_object, probe_big=cfg.probe_big)
+        return assemble_group_canvas(object_patches, offsets, window)
+    return shared_object_views(object_patches, offsets)
 
 
-def _toeplitz_blocks(taps, size):
-    """Turn taps ``(B, A, M, 2n+1)`` into ``T (B, A, n, M n)`` with ``T[..., r, m n + c] = taps[..., m, r - c + n]``.
-
-    Each block is the (Toeplitz) interpolation matrix of one shift: with ``taps`` from
-    `_bilinear_taps`, block ``m`` is ``R`` with ``(R @ v)[k] = (1-f) v[k-i] + f v[k-i-1]``; with
-    reversed taps it is ``R^T``. One gather builds all blocks side by side.
-    """
-    batch, a, m, length = taps.shape
-    steps = torch.arange(size, device=taps.device)
-    distance = (steps[:, None] - steps[None, :] + size)[:, None, :].expand(size, m, size)  # (r, m, c)
-    source = taps[:, :, None].expand(batch, a, size, m, length)
-    return torch.gather(source, -1, distance.expand(batch, a, size, m, size)).reshape(batch, a, size, m * size)
+# --------------------------------------------------------------------------------------------------
+# probe and far field
 
 
-def _disk(size, device):
-    return torch.as_tensor(forward.disk_mask(size), device=device)
+def _disk(size, device=None):
+    """`ptycholib.forward.disk_mask` as a float32 tensor."""
+    return to_tensor(forward.disk_mask(size), device=device)
 
 
 def normalize_probe(probe, probe_scale):
@@ -272,7 +317,7 @@ def normalize_probe(probe, probe_scale):
 
     Returns
     -------
-    torch.Tensor of shape (..., N, N), complex64
+    tensor of shape (..., N, N), complex64
 
     Notes
     -----
@@ -311,7 +356,7 @@ def illuminate(object_patches, probe, *, probe_scale, probe_mask=False, gaussian
 
     Returns
     -------
-    torch.Tensor of shape (..., N, N), complex64
+    tensor of shape (..., N, N), complex64
     """
     object_patches = to_tensor(object_patches).to(torch.complex64)
     probe_hat = normalize_probe(to_tensor(probe, device=object_patches.device), probe_scale)
@@ -334,13 +379,44 @@ def far_field_amplitude(exit_wave, intensity_scale=1.0):
 
     Returns
     -------
-    torch.Tensor of shape (..., N, N), float32
+    tensor of shape (..., N, N), float32
         DC at index ``N // 2`` (fftshifted). The gradient of ``|z|`` at ``z = 0`` is 0.
     """
     exit_wave = to_tensor(exit_wave).to(torch.complex64)
     size = exit_wave.shape[-1]
     spectrum = torch.fft.fftshift(torch.fft.fft2(exit_wave), dim=(-2, -1))
     return spectrum.abs() * (intensity_scale / size)
+
+
+def forward_model(model_config, object_patches, offsets, probe, intensity_scale, *, window=None):
+    """Run the physics on object patches: group views, exit wave and predicted amplitudes.
+
+    Parameters
+    ----------
+    model_config, object_patches, offsets, probe, intensity_scale
+        As in `ptycholib.forward.forward_model`, as tensors or arrays; ``intensity_scale`` may be a
+        scalar tensor (the model's trainable ``exp(log s)``).
+    window : tensor or ndarray of shape (N, N), float32, optional
+        Passed to `group_views`.
+
+    Returns
+    -------
+    dict of str to tensor
+        ``views`` (B, C, N, N) complex64 (`group_views`), ``exit_wave`` (B, C, N, N) complex64
+        (`illuminate`) and ``amplitudes`` (B, C, N, N) float32 (`far_field_amplitude`), the steps of
+        `ptycholib.forward.forward_model`.
+    """
+    cfg = model_config
+    views = group_views(cfg, object_patches, offsets, window=window)
+    exit_wave = illuminate(
+        views, probe, probe_scale=cfg.probe_scale, probe_mask=cfg.probe_mask,
+        gaussian_smoothing_sigma=cfg.gaussian_smoothing_sigma,
+    )
+    return {"views": views, "exit_wave": exit_wave, "amplitudes": far_field_amplitude(exit_wave, intensity_scale)}
+
+
+# --------------------------------------------------------------------------------------------------
+# losses
 
 
 def poisson_nll(predicted, measured):
@@ -353,7 +429,7 @@ def poisson_nll(predicted, measured):
 
     Returns
     -------
-    torch.Tensor, scalar float32
+    tensor, scalar float32
     """
     predicted_intensity = to_tensor(predicted).square()
     measured_intensity = to_tensor(measured, device=predicted_intensity.device).square()
@@ -375,6 +451,6 @@ def fft_amplitude_raw(batch):
 
     Returns
     -------
-    torch.Tensor of shape (..., N, N), float32
+    tensor of shape (..., N, N), float32
     """
     return torch.fft.fft2(to_tensor(batch).to(torch.complex64)).abs()

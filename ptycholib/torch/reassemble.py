@@ -2,9 +2,9 @@
 
 Same function, name and signature as `ptycholib.reassemble.reassemble_patches` (the NumPy reference,
 which documents the formula) and as ``ptycholib.tensorflow.reassemble``; they agree to 1e-5 relative
-(SPEC section 8). Inputs may be torch tensors (on any device) or NumPy arrays; outputs are torch
-tensors on the patches' device, so predicted patches never leave the accelerator. The operation is
-differentiable with respect to the patches.
+(SPEC section 8). Inputs may be tensors or NumPy arrays, patches ``(M, N, N)`` or ``(..., N, N)``;
+outputs are tensors on the patches' device, so predicted patches need not leave the accelerator.
+Differentiable with respect to the patches. Reached as ``get_backend("torch").reassemble``.
 """
 
 from __future__ import annotations
@@ -13,15 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ptycholib import reassemble as _reference
+from .. import reassemble as _reference
+from . import physics
 
 __all__ = ["reassemble_patches"]
-
-
-def _to_numpy(values):
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
 
 
 def _splat_tiles(planes, fx, fy):
@@ -33,21 +28,21 @@ def _splat_tiles(planes, fx, fy):
 
 
 def reassemble_patches(object_patches, x_px, y_px, canvas_shape, *, crop_size=20, weighting="crop", probe=None):
-    """Place object patches at their absolute positions and average where they overlap (torch).
+    """Place object patches at their absolute positions and average where they overlap.
 
     Parameters
     ----------
-    object_patches : torch.Tensor or ndarray of shape (M, N, N) or (..., N, N), complex or real
-    x_px, y_px : torch.Tensor or ndarray of shape (M,) or (...)
+    object_patches : tensor or ndarray of shape (M, N, N) or (..., N, N), complex or real
+    x_px, y_px : tensor or ndarray of shape (M,) or (...)
         Absolute window centres in object pixels; read on the host in float64.
     canvas_shape, crop_size, weighting, probe
         As in `ptycholib.reassemble.reassemble_patches` (``probe`` may be a tensor too).
 
     Returns
     -------
-    obj : torch.Tensor of shape (rows, cols)
+    obj : tensor of shape (rows, cols)
         complex64 (complex128 for double input, real for real input); 0 where no weight landed.
-    weight_canvas : torch.Tensor of shape (rows, cols), float32 (float64 for double input)
+    weight_canvas : tensor of shape (rows, cols), float32 (float64 for double input)
 
     Notes
     -----
@@ -60,18 +55,17 @@ def reassemble_patches(object_patches, x_px, y_px, canvas_shape, *, crop_size=20
         raise ValueError(
             f"object_patches has shape {tuple(patches.shape)}; expected (M, N, N), one patch per position."
         )
-    patch_size = patches.shape[-1]
+    patch_size = int(patches.shape[-1])
     start, size, weights = _reference._region_and_weights(
-        patch_size, crop_size=crop_size, weighting=weighting, probe=None if probe is None else _to_numpy(probe)
+        patch_size, crop_size=crop_size, weighting=weighting, probe=None if probe is None else physics.to_numpy(probe)
     )
     plan = _reference._plan(
-        tuple(patches.shape), _to_numpy(x_px), _to_numpy(y_px), canvas_shape, region_start=start, region_size=size
+        tuple(patches.shape), physics.to_numpy(x_px), physics.to_numpy(y_px), canvas_shape, region_start=start, region_size=size
     )
     layout = _reference._layout(plan)
     device = patches.device
     is_complex = patches.is_complex()
-    double = patches.dtype in (torch.float64, torch.complex128)
-    real_dtype = torch.float64 if double else torch.float32
+    real_dtype = torch.float64 if patches.dtype in (torch.float64, torch.complex128) else torch.float32
     values = patches.reshape(-1, patch_size, patch_size)[:, start : start + size, start : start + size]
     weight = torch.as_tensor(weights, dtype=real_dtype, device=device)
     base = torch.as_tensor(layout.base, device=device)

@@ -1,16 +1,18 @@
 """Training and batched prediction with Lightning (SPEC sections 4.6 and Q7).
 
-`train` wraps the physics-informed model in a LightningModule and runs the multi-stage schedule of
-`ptycholib.batching.epoch_plan` with Adam: at the start of every epoch the physics weight and the
-trainable parts (encoder, probe) of that epoch are applied; the learning rate of every optimiser step
-comes from `ptycholib.schedules` through an ``LRScheduler`` that Lightning steps after each optimiser
-step (``interval='step'``). The loss of an epoch with
-physics weight ``p`` is ``p * (nll_weight * NLL + mae_weight * MAE) + (1 - p) * MAE`` on diffraction
-amplitudes (``model_type='pinn'``), or ``mean|A - |Y|| + mean|phi - angle(Y)|`` against ground-truth
-patches (``model_type='supervised'``), exactly as in ``ptycholib.tensorflow.training``.
+`train` runs the multi-stage schedule of `ptycholib.batching.epoch_plan` with Adam on the arrays that
+`ptycholib.batching.prepare_training_arrays` checks and splits: every epoch applies its physics weight
+and trainable parts (encoder, probe), every optimiser step its learning rate from
+`ptycholib.schedules`, and batches follow `ptycholib.batching.epoch_order`, so both backends see the
+same batches. The loss of an epoch with physics weight ``p`` is
+``p * (nll_weight * NLL + mae_weight * MAE) + (1 - p) * MAE`` on diffraction amplitudes
+(``model_type='pinn'``), or ``mean|A - |Y|| + mean|phi - angle(Y)|`` against ground-truth patches
+(``model_type='supervised'``). ``ptycholib.tensorflow.training`` is the same text with Keras ``fit``.
 
-Speed: the groups stay in memory as tensors and a batch is one ``index_select`` (no per-sample
-collation, no worker processes); epoch losses are accumulated on the device and read once per epoch.
+Lightning: a LightningModule holds the loss, an ``LRScheduler`` stepped after every optimiser step
+(``interval='step'``) sets the rates, and callbacks record each epoch. The groups stay in memory as
+tensors and a batch is one ``index_select`` (no per-sample collation, no worker processes); epoch
+losses are accumulated on the device and read once per epoch.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from . import network, physics
 
 __all__ = ["train", "predict_patches", "loss_gradients"]
 
-_PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed"}
+_PRECISIONS = {"32": "32-true", "bf16-mixed": "bf16-mixed"}  # Lightning's names
 
 
 # --------------------------------------------------------------------------------------------------
@@ -47,19 +49,19 @@ def _pinn_loss(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_we
 
 def _supervised_loss(net, x, target_amplitude, target_phase):
     amplitude, phase = net(x)
-    amplitude, phase = amplitude.float(), phase.float()
+    amplitude, phase = amplitude.float(), phase.float()  # autocast may leave the heads in bfloat16
     return torch.mean(torch.abs(amplitude - target_amplitude)) + torch.mean(torch.abs(phase - target_phase))
 
 
 # --------------------------------------------------------------------------------------------------
-# data: whole groups in memory, one index_select per batch
+# data: whole groups in memory, batches gathered by index
 
 
 class _Groups(torch.utils.data.Dataset):
-    """Tensors indexed by a 1-D index tensor: ``groups[indices]`` is one batch (a dict of tensors)."""
+    """The groups as tensors: ``groups[indices]`` is one batch (a dict of tensors, one ``index_select`` each)."""
 
-    def __init__(self, tensors):
-        self.tensors = tensors
+    def __init__(self, groups):
+        self.tensors = {name: torch.as_tensor(np.ascontiguousarray(value)) for name, value in groups.items()}
 
     def __len__(self):
         return len(next(iter(self.tensors.values())))
@@ -69,7 +71,7 @@ class _Groups(torch.utils.data.Dataset):
 
 
 class _BatchSampler(torch.utils.data.Sampler):
-    """Yield index tensors of one rank's batches, in `ptycholib.batching.epoch_order` (via ``set_epoch``).
+    """Index batches of one epoch, in `ptycholib.batching.epoch_order` when shuffled (via ``set_epoch``).
 
     ``batch_size`` is global: with ``world`` processes each takes ``ceil(batch_size / world)``
     groups per step from its shard (every rank gets the same number of batches; the permutation is
@@ -87,6 +89,12 @@ class _BatchSampler(torch.utils.data.Sampler):
     def set_epoch(self, epoch):
         self.epoch = epoch
 
+    def order(self, epoch):
+        """The indices in the order of ``epoch``: the same permutation as the TensorFlow backend's."""
+        if not self.shuffle:
+            return self.indices
+        return self.indices[torch.as_tensor(batching.epoch_order(len(self.indices), self.seed, epoch))]
+
     def _per_rank(self):
         return math.ceil(len(self.indices) / self.world)
 
@@ -94,30 +102,19 @@ class _BatchSampler(torch.utils.data.Sampler):
         return math.ceil(self._per_rank() / self.batch_size)
 
     def __iter__(self):
-        order = self.indices
-        if self.shuffle:  # the same order as the TensorFlow backend's
-            order = order[torch.as_tensor(batching.epoch_order(len(order), self.seed, self.epoch))]
+        order = self.order(self.epoch)
         total = self._per_rank() * self.world
         order = torch.cat([order, order[: total - len(order)]]) if total > len(order) else order
         mine = order[self.rank :: self.world]
         return iter(mine.split(self.batch_size))
 
 
-def _as_array(name, value, shape, dtype):
-    array = np.asarray(physics.to_numpy(value))
-    if array.shape != shape:
-        raise ValueError(f"{name} has shape {array.shape}; expected {shape} (channels-first, see docs/architecture.md).")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contains NaN or Inf values; clean the data before training.")
-    return array.astype(dtype, copy=False)
-
-
 # --------------------------------------------------------------------------------------------------
-# Lightning
+# the training step
 
 
 class _Module(L.LightningModule):
-    """The physics-informed model, its loss and the per-epoch schedule."""
+    """The physics-informed model, its loss and the per-epoch schedule (a LightningModule)."""
 
     def __init__(self, model, plan, training_config, groups, train_idx, val_idx, *, supervised):
         super().__init__()
@@ -130,6 +127,10 @@ class _Module(L.LightningModule):
         self.physics_weight = plan[0].physics_weight
         self._frozen = []
         self._sums = {}
+
+    @property
+    def has_validation(self):
+        return len(self.val_idx) > 0
 
     # schedule -------------------------------------------------------------------------------------
 
@@ -218,7 +219,11 @@ class _Module(L.LightningModule):
         return self._loader(self.train_idx, shuffle=True)
 
     def val_dataloader(self):
-        return self._loader(self.val_idx, shuffle=False) if len(self.val_idx) else []
+        return self._loader(self.val_idx, shuffle=False) if self.has_validation else []
+
+
+# --------------------------------------------------------------------------------------------------
+# schedule and history
 
 
 class _SharedSchedule(torch.optim.lr_scheduler.LRScheduler):
@@ -263,8 +268,8 @@ class _History(L.Callback):
     """Build each epoch's record from what training actually used; log it and hand it on.
 
     It also feeds the epoch's monitored loss (validation loss, or training loss without validation
-    groups) to the learning-rate schedule, tracks the best epoch, and, with ``restore_best``, keeps
-    a copy of the best epoch's weights in memory and loads it when training ends.
+    groups) to the learning-rate schedule, and, with ``restore_best``, keeps a copy of the best
+    epoch's weights in memory and loads it when training ends. (Lightning's EarlyStopping stops.)
     """
 
     def __init__(self, records, callback, *, restore_best=False):
@@ -272,16 +277,15 @@ class _History(L.Callback):
         self.best_state = None
         self.epoch_learning_rate = math.nan
 
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if batch_idx == 0:  # the rate of the epoch's first optimiser step is the one recorded
-            self.epoch_learning_rate = float(trainer.optimizers[0].param_groups[0]["lr"])
+    def on_train_epoch_start(self, trainer, module):
+        # the rate of the epoch's first optimiser step is the one recorded
+        self.epoch_learning_rate = module.lr_schedule.learning_rate(trainer.current_epoch, 0)
 
     def on_train_epoch_end(self, trainer, module):
         entry = module.plan[trainer.current_epoch]
         loss = module.finish_train_epoch()
-        val_loss = getattr(module, "val_loss", math.nan) if len(module.val_idx) else math.nan
-        monitored = val_loss if len(module.val_idx) else loss
-        module.lr_schedule.record(monitored)
+        val_loss = getattr(module, "val_loss", math.nan) if module.has_validation else math.nan
+        module.lr_schedule.record(val_loss if module.has_validation else loss)
         module.lr_scheduler.refresh()
         best_epoch = module.lr_schedule.best_epoch
         if self.restore_best and best_epoch == entry.epoch:
@@ -289,8 +293,8 @@ class _History(L.Callback):
         record = {
             "epoch": entry.epoch,
             "stage": entry.stage,
-            "learning_rate": self.epoch_learning_rate,
-            "physics_weight": float(module.physics_weight),
+            "learning_rate": float(self.epoch_learning_rate),
+            "physics_weight": float(entry.physics_weight),
             "loss": loss,
             "val_loss": val_loss,
             "best_epoch": best_epoch,
@@ -307,37 +311,36 @@ class _History(L.Callback):
             module.model.load_state_dict(self.best_state)
 
 
-def _loggers(training_config, log_dir, model_config):
-    """CSV log in ``log_dir`` (unless ``logger='none'``), plus MLflow when ``logger='mlflow'``."""
-    loggers = []
-    if training_config.logger != "none" and log_dir is not None:
-        # One row per epoch in DIR/metrics.csv (the same file as the TensorFlow backend's).
-        loggers.append(L.pytorch.loggers.CSVLogger(save_dir=log_dir, name="", version=""))
-    if training_config.logger == "mlflow":
-        try:
-            import mlflow  # noqa: F401
-        except ImportError as error:
-            raise ValueError(
-                "logger='mlflow' needs MLflow, which is not installed; `pip install ptycholib[mlflow]` or set "
-                "logger='csv'."
-            ) from error
-        tracking = os.environ.get("MLFLOW_TRACKING_URI")
-        if tracking is None:
-            # MLflow 3 keeps the plain-file store only on request; it needs no database package.
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            tracking = f"file:{os.path.abspath(os.path.join(log_dir or '.', 'mlruns'))}"
-        loggers.append(L.pytorch.loggers.MLFlowLogger(experiment_name="ptycholib", tracking_uri=tracking))
-    hyperparameters = {f"model.{k}": v for k, v in dataclasses.asdict(model_config).items()}
-    hyperparameters.update({f"training.{k}": v for k, v in dataclasses.asdict(training_config).items()})
-    hyperparameters = {k: str(v) if isinstance(v, (tuple, list)) else v for k, v in hyperparameters.items()}
-    for logger in loggers:
-        logger.log_hyperparams(hyperparameters)
-    return loggers
+# --------------------------------------------------------------------------------------------------
+# set-up: devices, trainable parts, logging
+
+
+def _strategy(training_config):
+    """Lightning's strategy for the config's ``strategy`` (TensorFlow's ``'mirrored'`` is ``'ddp'`` here)."""
+    name = str(training_config.strategy)
+    return "ddp" if name.lower() == "mirrored" else name
+
+
+def _set_trainable(model, epochs, training_config, supervised):
+    """Make trainable what trains in some of ``epochs`` (here: all of them), for the whole run.
+
+    Parameters keep requires_grad=True even in epochs that freeze them (`_Module` drops their
+    gradients instead), so DDP's gradient buckets never change.
+    """
+    model.physics.probe.requires_grad_(not supervised and any(entry.probe_trainable for entry in epochs))
+    model.physics.log_intensity_scale.requires_grad_(not supervised and training_config.intensity_scale_trainable)
+    for parameter in model.net.parameters():
+        parameter.requires_grad_(True)
 
 
 @contextlib.contextmanager
-def _quiet_lightning():
-    """Hide Lightning's start-up banners (GPU/TPU availability) and its worker-count advice."""
+def _logging(training_config, log_dir, model_config):
+    """Yield the run's Lightning loggers; meanwhile Lightning's start-up banners and advice stay quiet.
+
+    A CSV log (``log_dir/metrics.csv``, one row per epoch, the same file as the TensorFlow
+    backend's) unless ``logger='none'``, plus MLflow with ``logger='mlflow'``; both get the configs
+    as hyperparameters.
+    """
     names = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric")
     saved = {name: logging.getLogger(name).level for name in names}
     for name in names:
@@ -351,18 +354,32 @@ def _quiet_lightning():
             warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
             warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
             warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
-            yield
+            loggers = []
+            if training_config.logger != "none" and log_dir is not None:
+                loggers.append(L.pytorch.loggers.CSVLogger(save_dir=log_dir, name="", version=""))
+            if training_config.logger == "mlflow":
+                try:
+                    import mlflow  # noqa: F401
+                except ImportError as error:
+                    raise ValueError(
+                        "logger='mlflow' needs MLflow, which is not installed; `pip install ptycholib[mlflow]` or "
+                        "set logger='csv'."
+                    ) from error
+                tracking = os.environ.get("MLFLOW_TRACKING_URI")
+                if tracking is None:
+                    # MLflow 3 keeps its plain-file store only on request; it needs no database package.
+                    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+                    tracking = f"file:{os.path.abspath(os.path.join(log_dir or '.', 'mlruns'))}"
+                loggers.append(L.pytorch.loggers.MLFlowLogger(experiment_name="ptycholib", tracking_uri=tracking))
+            hyperparameters = {f"model.{k}": v for k, v in dataclasses.asdict(model_config).items()}
+            hyperparameters.update({f"training.{k}": v for k, v in dataclasses.asdict(training_config).items()})
+            hyperparameters = {k: str(v) if isinstance(v, (tuple, list)) else v for k, v in hyperparameters.items()}
+            for logger in loggers:
+                logger.log_hyperparams(hyperparameters)
+            yield loggers
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
-
-
-def _configure_trainable(model, plan, training_config, supervised):
-    """Parameters that train in some epoch keep requires_grad=True throughout; the rest are off."""
-    model.physics.probe.requires_grad_(not supervised and any(entry.probe_trainable for entry in plan))
-    model.physics.log_intensity_scale.requires_grad_(not supervised and training_config.intensity_scale_trainable)
-    for parameter in model.net.parameters():
-        parameter.requires_grad_(True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -382,7 +399,7 @@ def train(
     progress=True,
     callback=None,
 ):
-    """Train a model in place with Lightning and the configured multi-stage schedule.
+    """Train a model in place with the configured multi-stage schedule.
 
     Parameters
     ----------
@@ -398,31 +415,25 @@ def train(
         Uses ``batch_size`` (global, over all devices), ``learning_rate`` and ``lr_schedule`` with its
         parameters (`ptycholib.schedules`), ``nll_weight``, ``mae_weight``, the stages and
         physics-weight schedule (`ptycholib.batching.epoch_plan`), ``probe_trainable``,
-        ``intensity_scale_trainable``, ``seed`` (shuffling and validation split),
+        ``intensity_scale_trainable``, ``seed`` (validation split and each epoch's batch order, both
+        from `ptycholib.batching`, so the two backends see the same batches),
         ``early_stopping_patience`` (on the validation loss) and ``early_stopping_restore_best`` (the
         model ends with the weights of the epoch of lowest validation loss, kept in memory),
-        ``logger``, and ``accelerator`` /
-        ``devices`` / ``strategy`` (Lightning names; ``strategy='ddp'`` with several devices runs one
-        process per device, CPU included; the spawning strategies are refused because they lose the
-        history). An optional ``precision`` attribute (``"32"`` default, or ``"bf16-mixed"``: the
-        network in bfloat16 autocast, physics and weights in float32) is honoured when present.
+        ``logger``, ``precision`` and ``accelerator`` / ``devices`` / ``strategy`` (see Notes).
     target_patches : ndarray of shape (B, K, N, N), complex64, optional
         Ground-truth patches (K = ``n_object_channels``: C, or one per group at the group's mean
         position when ``object_big=False``); required (and only used) when ``model_type='supervised'``.
     validation_fraction : float, optional
         Fraction of groups held out (`ptycholib.batching.split_validation`, seeded); default
-        ``training_config.validation_fraction``. Batches follow `ptycholib.batching.epoch_order`, as in
-        the TensorFlow backend.
+        ``training_config.validation_fraction``.
     log_dir : str or path-like, optional
         Folder for ``metrics.csv`` (one row per epoch: epoch, stage, learning_rate, physics_weight,
-        loss, val_loss, best_epoch) and ``hparams.yaml`` (unless ``logger='none'``), ``mlruns/`` with
-        ``logger='mlflow'`` (unless ``MLFLOW_TRACKING_URI`` is set), and Lightning checkpoints in
-        ``checkpoints/`` (``last.ckpt`` and the best validation loss). None: no files (MLflow then
-        logs to ``MLFLOW_TRACKING_URI`` or ``./mlruns``).
+        loss, val_loss, best_epoch; not with ``logger='none'``) and, with ``logger='mlflow'``, the
+        MLflow file store ``mlruns/`` (unless ``MLFLOW_TRACKING_URI`` is set). None: no files.
     progress : bool
-        Show Lightning's progress bar.
+        Show a progress bar.
     callback : callable, optional
-        Called after every epoch with that epoch's record (a dict, see Returns); rank 0 only.
+        Called after every epoch with that epoch's record (a dict, see Returns).
 
     Returns
     -------
@@ -434,41 +445,30 @@ def train(
         far (validation loss, or training loss without validation groups); after early stopping
         with ``early_stopping_restore_best`` the model holds that epoch's weights (the last record's
         ``best_epoch``). Shorter than ``nepochs`` only after early stopping.
+
+    Notes
+    -----
+    Lightning trains. ``accelerator`` / ``devices`` / ``strategy`` are Lightning's names
+    (``'mirrored'`` means ``'ddp'``); ``strategy='ddp'`` with several devices runs one process per
+    device, CPU included, and the spawning strategies are refused because they lose the history.
+    ``precision='bf16-mixed'`` runs the network in bfloat16 autocast, physics and weights in
+    float32. ``log_dir`` also gets Lightning's ``hparams.yaml`` and checkpoints in ``checkpoints/``
+    (``last.ckpt`` and the best validation loss). The callback runs on rank 0 only.
     """
     if not isinstance(model, network.PhysicsModel):
         raise TypeError(f"train needs the model from build_model; got {type(model).__name__}.")
-    cfg = model.model_config
-    channels, size = cfg.gridsize**2, cfg.N
-    inputs = _as_array("inputs", inputs, (len(inputs), channels, size, size), np.float32)
-    n_groups = len(inputs)
-    offsets = _as_array("offsets", offsets, (n_groups, channels, 2), np.float32)
-    supervised = cfg.model_type == "supervised"
-    groups = {"inputs": inputs, "offsets": offsets}
-    if supervised:
-        if target_patches is None:
-            raise ValueError("model_type='supervised' needs target_patches (ground-truth patches, (B, K, N, N) complex).")
-        target_shape = (n_groups, cfg.n_object_channels, size, size)
-        target_patches = _as_array("target_patches", target_patches, target_shape, np.complex64)
-        groups.update(amplitude=np.abs(target_patches), phase=np.angle(target_patches))
-    else:
-        amplitudes = _as_array("amplitudes", amplitudes, inputs.shape, np.float32)
-        if np.any(amplitudes < 0):
-            raise ValueError("amplitudes has negative values; pass sqrt(counts) (amplitudes are >= 0).")
-        groups["amplitudes"] = amplitudes
-    plan = batching.epoch_plan(training_config)
-    fraction = training_config.validation_fraction if validation_fraction is None else validation_fraction
-    if not 0 <= fraction < 1:
-        raise ValueError(f"validation_fraction={fraction!r} must be in [0, 1).")
-    train_idx, val_idx = batching.split_validation(n_groups, fraction, training_config.seed)
-    precision = str(getattr(training_config, "precision", "32"))
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not supported; allowed values: '32', 'bf16-mixed'.")
-
-    _configure_trainable(model, plan, training_config, supervised)
-    tensors = {name: torch.as_tensor(np.ascontiguousarray(value, dtype=np.float32)) for name, value in groups.items()}
-    module = _Module(model, plan, training_config, _Groups(tensors), train_idx, val_idx, supervised=supervised)
+    inputs, offsets, amplitudes, target_patches = (
+        None if values is None else physics.to_numpy(values) for values in (inputs, offsets, amplitudes, target_patches)
+    )
+    data = batching.prepare_training_arrays(
+        model.model_config, training_config, inputs, offsets, amplitudes,
+        target_patches=target_patches, validation_fraction=validation_fraction,
+    )
+    _set_trainable(model, data.plan, training_config, data.supervised)
+    module = _Module(model, data.plan, training_config, _Groups(data.groups), data.train_indices, data.val_indices,
+                     supervised=data.supervised)
     records = []
-    early_stopping = training_config.early_stopping_patience is not None and len(val_idx) > 0
+    early_stopping = training_config.early_stopping_patience is not None and module.has_validation
     callbacks = [_History(records, callback, restore_best=early_stopping and training_config.early_stopping_restore_best)]
     if early_stopping:
         callbacks.append(
@@ -479,24 +479,24 @@ def train(
         callbacks.append(
             L.pytorch.callbacks.ModelCheckpoint(
                 dirpath=os.path.join(log_dir, "checkpoints"),
-                monitor="val_loss" if len(val_idx) else None,
+                monitor="val_loss" if module.has_validation else None,
                 save_last=True,
             )
         )
-    with _quiet_lightning():
+    with _logging(training_config, log_dir, model.model_config) as loggers:
         trainer = L.Trainer(
             accelerator=training_config.accelerator,
             devices=training_config.devices,
-            strategy=training_config.strategy,
-            precision=_PRECISIONS[precision],
-            max_epochs=len(plan),
-            logger=_loggers(training_config, log_dir, cfg),
+            strategy=_strategy(training_config),
+            precision=_PRECISIONS[data.precision],
+            max_epochs=len(data.plan),
+            logger=loggers,
             callbacks=callbacks,
             enable_checkpointing=log_dir is not None,
             enable_progress_bar=bool(progress),
             enable_model_summary=False,
             num_sanity_val_steps=0,
-            limit_val_batches=1.0 if len(val_idx) else 0,
+            limit_val_batches=1.0 if module.has_validation else 0,
             use_distributed_sampler=False,
             default_root_dir=log_dir,
         )
@@ -508,6 +508,17 @@ def train(
             )
         trainer.fit(module)
     return records
+
+
+def _predict_function(model):
+    """One batch's illuminated patches, without autograd."""
+
+    @torch.inference_mode()
+    def function(x, offsets):
+        patches = network.predict_object(model, x)
+        return physics.group_views(model.model_config, patches, offsets, window=model.window)
+
+    return function
 
 
 def predict_patches(model, inputs, offsets, *, batch_size, progress=False):
@@ -536,28 +547,19 @@ def predict_patches(model, inputs, offsets, *, batch_size, progress=False):
     if int(batch_size) < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
     cfg = model.model_config
-    channels, size = cfg.gridsize**2, cfg.N
-    inputs = _as_array("inputs", inputs, (len(inputs), channels, size, size), np.float32)
-    offsets = _as_array("offsets", offsets, (len(inputs), channels, 2), np.float64)
-    device = next(model.parameters()).device
+    channels, size = cfg.n_channels, cfg.N
+    inputs = batching.as_group_array("inputs", physics.to_numpy(inputs), (len(inputs), channels, size, size), np.float32)
+    offsets = batching.as_group_array("offsets", physics.to_numpy(offsets), (len(inputs), channels, 2), np.float64)
+    predict = _predict_function(model)
     out = np.empty(inputs.shape, dtype=np.complex64)
     starts = range(0, len(inputs), int(batch_size))
     if progress:
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="predict", unit="batch")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in starts:
-                stop = start + int(batch_size)
-                x = torch.as_tensor(inputs[start:stop], device=device)
-                patches = network.predict_object(model, x)
-                patches = model.illuminated_patches(patches, torch.as_tensor(offsets[start:stop], device=device))
-                out[start:stop] = patches.cpu().numpy()
-    finally:
-        model.train(was_training)
+    for start in starts:
+        stop = start + int(batch_size)
+        out[start:stop] = physics.to_numpy(predict(inputs[start:stop], offsets[start:stop]))
     return out
 
 
@@ -584,39 +586,26 @@ def loss_gradients(model, inputs, offsets, amplitudes, training_config, *, physi
         (zero where the loss does not depend on them). Used by the parity tests (SPEC section 8).
     """
     parameters = network._canonical_parameters(model)
-    saved = {name: p.requires_grad for name, p in parameters.items()}
+    saved = {name: parameter.requires_grad for name, parameter in parameters.items()}
     device = next(model.parameters()).device
     try:
         for parameter in parameters.values():
             parameter.requires_grad_(True)
         x = physics.to_tensor(inputs, device=device)
         if model.model_config.model_type == "supervised":
-            target_patches = np.asarray(physics.to_numpy(target_patches))
+            target_patches = physics.to_numpy(target_patches)
             loss = _supervised_loss(
-                model.net,
-                x,
-                torch.as_tensor(np.abs(target_patches), dtype=torch.float32, device=device),
-                torch.as_tensor(np.angle(target_patches), dtype=torch.float32, device=device),
+                model.net, x, physics.to_tensor(np.abs(target_patches), device=device),
+                physics.to_tensor(np.angle(target_patches), device=device),
             )
         else:
             loss = _pinn_loss(
-                model,
-                x,
-                physics.to_tensor(offsets, device=device),
-                physics.to_tensor(amplitudes, device=device),
-                float(physics_weight),
-                float(training_config.nll_weight),
-                float(training_config.mae_weight),
+                model, x, physics.to_tensor(offsets, device=device), physics.to_tensor(amplitudes, device=device),
+                float(physics_weight), float(training_config.nll_weight), float(training_config.mae_weight),
             )
         grads = torch.autograd.grad(loss, list(parameters.values()), allow_unused=True)
     finally:
         for name, parameter in parameters.items():
             parameter.requires_grad_(saved[name])
-    out = {}
-    for (name, parameter), grad in zip(parameters.items(), grads):
-        grad = torch.zeros_like(parameter) if grad is None else grad.detach()
-        if name == "physics.probe":
-            out[name] = torch.view_as_complex(grad.cpu().contiguous()).numpy().astype(np.complex64)
-        else:
-            out[name] = np.array(grad.cpu().numpy(), dtype=np.float32, order="C")
-    return out
+    grads = [torch.zeros_like(parameter) if grad is None else grad for parameter, grad in zip(parameters.values(), grads)]
+    return {name: network._to_canonical(name, physics.to_numpy(grad)) for name, grad in zip(parameters, grads)}

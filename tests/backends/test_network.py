@@ -242,3 +242,23 @@ def test_batch_independence(backend):
         assert np.abs(batch64[5:6] - single).max() <= 1e-5 * scale
     # The other groups' outputs differ from group 5's, so mixing would have shown.
     assert np.abs(in_64[1][6] - in_64[1][5]).max() > 1e-3 * np.abs(in_64[1][5]).max()
+
+
+def test_physics_model_checks_probe_and_scale(backend):
+    """Both PhysicsModels refuse what `ptycholib.forward.check_physics_inputs` refuses."""
+    cfg = ModelConfig(n_filters_scale=1)
+    with pytest.raises(ValueError, match="intensity_scale"):
+        backend.network.build_model(cfg, gaussian_probe(64), 0.0)
+    nan_probe = gaussian_probe(64)
+    nan_probe[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        backend.network.build_model(cfg, nan_probe, 1.0)
+
+
+def test_physics_holds_the_parameters(backend):
+    """``model.physics`` holds ``log_intensity_scale`` and the real ``(N, N, 2)`` probe in both backends."""
+    _, model = make_model(backend)
+    physics = backend.physics
+    assert tuple(model.physics.probe.shape) == (64, 64, 2)
+    np.testing.assert_allclose(physics.to_numpy(model.probe), gaussian_probe(64))
+    assert float(physics.to_numpy(model.intensity_scale)) == pytest.approx(50.0, rel=1e-6)

@@ -214,3 +214,42 @@ def test_one_group_object_reproduces_every_members_patch(backend, n):
 def test_translate_rejects_bad_shifts(backend):
     with pytest.raises(ValueError, match="shifts"):
         backend.physics.translate_bilinear(backend.physics.to_tensor(np.zeros((4, 4), np.float32)), np.zeros(3))
+
+
+@pytest.mark.parametrize("gridsize,object_big,sigma", [(1, True, 0.0), (2, True, 0.8), (2, False, 0.0)])
+def test_forward_model_is_the_steps_composed(backend, gridsize, object_big, sigma):
+    """``physics.forward_model`` and `ptycholib.forward.forward_model`: group views, exit wave, amplitudes."""
+    from ptycholib.config import ModelConfig
+
+    cfg = ModelConfig(N=64, gridsize=gridsize, object_big=object_big, probe_mask=True, gaussian_smoothing_sigma=sigma)
+    rng = np.random.default_rng(8)
+    patches = complex_patches(rng, (2, cfg.n_object_channels, 64, 64))
+    offsets = rng.uniform(-5, 5, size=(2, cfg.n_channels, 2))
+    probe = gaussian_probe(64, rng)
+    reference = forward.forward_model(cfg, patches, offsets, probe, 12.0)
+    views = forward.group_views(cfg, patches, offsets)
+    wave = forward.illuminate(views, probe, probe_scale=cfg.probe_scale, probe_mask=True, gaussian_smoothing_sigma=sigma)
+    np.testing.assert_array_equal(reference["amplitudes"], forward.far_field_amplitude(wave, 12.0))
+    physics = backend.physics
+    steps = physics.forward_model(cfg, physics.to_tensor(patches), offsets, physics.to_tensor(probe), 12.0)
+    assert set(steps) == set(reference) == {"views", "exit_wave", "amplitudes"}
+    for key in reference:
+        assert_close(physics.to_numpy(steps[key]), reference[key])
+    window = forward.window_weights(64, pad_object=cfg.pad_object, probe_big=cfg.probe_big)
+    again = physics.group_views(cfg, physics.to_tensor(patches), offsets, window=physics.to_tensor(window))
+    np.testing.assert_array_equal(physics.to_numpy(again), physics.to_numpy(steps["views"]))
+
+
+def test_check_physics_inputs_refuses_bad_probe_and_scale():
+    from ptycholib.config import ModelConfig
+
+    cfg = ModelConfig(N=64)
+    probe = forward.check_physics_inputs(cfg, np.ones((64, 64)), 2.0)
+    assert probe.dtype == np.complex64 and probe.shape == (64, 64)
+    with pytest.raises(ValueError, match="probe has shape"):
+        forward.check_physics_inputs(cfg, np.ones((64, 32)), 2.0)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        forward.check_physics_inputs(cfg, np.full((64, 64), np.nan), 2.0)
+    for scale in (0.0, -1.0, np.inf):
+        with pytest.raises(ValueError, match="intensity_scale"):
+            forward.check_physics_inputs(cfg, np.ones((64, 64)), scale)

@@ -229,3 +229,31 @@ def test_lightning_ddp_on_two_cpu_processes(tmp_path):
     rank0, rank1 = np.load(tmp_path / "rank0.npz"), np.load(tmp_path / "rank1.npz")
     for name in rank0.files:
         np.testing.assert_array_equal(rank0[name], rank1[name])
+
+
+def test_prepare_training_arrays_checks_targets_plan_and_split():
+    """The NumPy preamble both backends' ``train`` share (`ptycholib.batching.prepare_training_arrays`)."""
+    from ptycholib import batching
+
+    inputs, offsets, amplitudes, patches = make_groups(n_groups=10)[:4]
+    config = TrainingConfig(batch_size=4, nepochs=3, validation_fraction=0.2, seed=5, precision="bf16-mixed")
+    pinn = ModelConfig(N=N, gridsize=2, n_filters_scale=1)
+    data = batching.prepare_training_arrays(pinn, config, inputs, offsets, amplitudes)
+    assert set(data.groups) == {"inputs", "offsets", "amplitudes"} and not data.supervised
+    assert all(value.dtype == np.float32 for value in data.groups.values())
+    assert data.precision == "bf16-mixed" and data.plan == epoch_plan(config)
+    expected = batching.split_validation(10, 0.2, 5)
+    np.testing.assert_array_equal(data.train_indices, expected[0])
+    np.testing.assert_array_equal(data.val_indices, expected[1])
+    supervised = ModelConfig(N=N, gridsize=2, n_filters_scale=1, model_type="supervised")
+    data = batching.prepare_training_arrays(supervised, config, inputs, offsets, None, target_patches=patches,
+                                            validation_fraction=0.0)
+    assert set(data.groups) == {"inputs", "offsets", "amplitude", "phase"} and data.supervised
+    np.testing.assert_allclose(data.groups["phase"], np.angle(patches), atol=1e-6)
+    assert len(data.val_indices) == 0
+    with pytest.raises(ValueError, match="target_patches"):
+        batching.prepare_training_arrays(supervised, config, inputs, offsets, amplitudes)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        batching.prepare_training_arrays(pinn, config, inputs, offsets, amplitudes, validation_fraction=1.0)
+    with pytest.raises(ValueError, match="offsets has shape"):
+        batching.prepare_training_arrays(pinn, config, inputs, offsets[:, :1], amplitudes)
