@@ -11,7 +11,7 @@ from types import SimpleNamespace
 __all__ = ["BACKENDS", "get_backend", "is_available"]
 
 BACKENDS = ("torch", "tensorflow")
-_PARTS = ("physics", "network", "training", "reassemble")
+_PARTS = ("physics", "network", "training", "reassemble", "refine")
 _FRAMEWORK = {"torch": ("torch", "torch"), "tensorflow": ("tensorflow", "tf")}
 
 
@@ -23,8 +23,8 @@ def is_available(name):
 def get_backend(name):
     """Return the backend ``name`` as a namespace of its modules.
 
-    The namespace has ``name`` and the modules ``physics``, ``network``, ``training`` and
-    ``reassemble`` of ``ptycholib.<name>``; both backends give them the same public names.
+    The namespace has ``name`` and the modules ``physics``, ``network``, ``training``,
+    ``reassemble`` and ``refine`` of ``ptycholib.<name>``; both backends give them the same public names.
 
     Raises
     ------

@@ -34,7 +34,6 @@ object is only defined up to the intensity scale it learnt.
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 
@@ -398,7 +397,7 @@ def refine(model, data, initial_object=None, n_iterations=10, *, backend="torch"
     snapshots = sorted({int(s) for s in snapshots})
     if any(s < 0 or s > n_iterations for s in snapshots):
         raise ValueError(f"snapshots={snapshots!r} must lie in 0..n_iterations={n_iterations}.")
-    engine = importlib.import_module(f"ptycholib.{backend}.refine")
+    engine = backends.get_backend(backend).refine
     amplitudes = np.asarray(data.amplitudes, dtype=np.float32)
     probe = _effective_probe(amplitudes, data.probe, options.fit_probe_power)
     start_seconds = 0.0

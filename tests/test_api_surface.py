@@ -12,7 +12,7 @@ import ptycholib
 from ptycholib.backends import is_available
 
 SHARED = ["config", "interop", "data", "simulate", "grouping", "forward", "reassemble", "metrics", "archive", "workflow",
-          "plotting", "baseline", "parity", "notebooks", "bench", "backends", "batching", "cli", "schedules"]
+          "plotting", "baseline", "parity", "notebooks", "bench", "backends", "batching", "cli", "schedules", "refine"]
 
 
 @pytest.mark.parametrize("name", SHARED)
@@ -33,7 +33,7 @@ def test_shared_modules_import_no_framework():
     assert out.strip() == "[]"
 
 
-TWIN_PARTS = ["__init__", "physics", "network", "training", "reassemble"]
+TWIN_PARTS = ["__init__", "physics", "network", "training", "reassemble", "refine"]
 
 
 def _twin_source(backend, part):
@@ -60,7 +60,7 @@ def test_backends_export_the_same_names_in_the_same_order(part):
     assert _declared_all(_twin_source("torch", part)) == _declared_all(_twin_source("tensorflow", part))
 
 
-@pytest.mark.parametrize("part", ["physics", "network", "training", "reassemble"])
+@pytest.mark.parametrize("part", ["physics", "network", "training", "reassemble", "refine"])
 def test_backends_have_the_same_private_helpers(part):
     """Same helper names in both twins; where the algorithms differ, the helper's docstring says why."""
     assert _private_helpers(_twin_source("torch", part)) == _private_helpers(_twin_source("tensorflow", part))

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from ptycholib import batching, config, forward, schedules
+from ptycholib import batching, config, forward, interop, schedules
 from ptycholib.config import Config, ConfigError, ModelConfig, Stage, TrainingConfig
 from ptycholib.schedules import LearningRateSchedule
 
@@ -153,7 +153,7 @@ def test_new_fields_round_trip_everywhere(tmp_path):
     values = {"lr_schedule": "onecycle", "lr_plateau_factor": 0.2, "lr_plateau_patience": 4, "lr_min": 1e-6,
               "lr_onecycle_pct_start": 0.4, "early_stopping_restore_best": False, "early_stopping_patience": 3}
     cfg = config.apply_overrides(Config(), values)
-    assert config.from_legacy_dict(config.to_legacy_dict(cfg))[0] == cfg
+    assert interop.from_legacy_dict(interop.to_legacy_dict(cfg))[0] == cfg
     config.save_config(cfg, tmp_path / "c.yaml")
     assert config.load_config(tmp_path / "c.yaml") == cfg
     strings = config.apply_overrides(Config(), [f"{k}={v}" for k, v in values.items()])
@@ -163,16 +163,16 @@ def test_new_fields_round_trip_everywhere(tmp_path):
 
 
 def test_torch_style_plateau_keys():
-    cfg, report = config.from_torch_style({"training": {"scheduler": "ReduceLROnPlateau", "plateau_factor": 0.25,
+    cfg, report = interop.from_torch_style({"training": {"scheduler": "ReduceLROnPlateau", "plateau_factor": 0.25,
                                                         "plateau_patience": 2, "plateau_min_lr": 5e-5,
                                                         "plateau_threshold": 0.0}})
     t = cfg.training
     assert (t.lr_schedule, t.lr_plateau_factor, t.lr_plateau_patience, t.lr_min) == ("plateau", 0.25, 3, 5e-5)
     assert not report.unsupported
     with pytest.raises(ConfigError, match="scheduler"):
-        config.from_torch_style({"scheduler": "WarmupCosine"})
+        interop.from_torch_style({"scheduler": "WarmupCosine"})
     with pytest.raises(ConfigError, match="plateau_threshold"):
-        config.from_torch_style({"plateau_threshold": 1e-3})
+        interop.from_torch_style({"plateau_threshold": 1e-3})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -41,6 +41,6 @@ if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 _import_tensorflow_quietly()
 
-from . import network, physics, reassemble, training  # noqa: E402
+from . import network, physics, reassemble, refine, training  # noqa: E402
 
-__all__ = ["network", "physics", "reassemble", "training"]
+__all__ = ["network", "physics", "reassemble", "refine", "training"]

@@ -10,6 +10,6 @@ Public layout is channels-first, as everywhere in ptycholib: amplitudes ``(B, C,
 
 from __future__ import annotations
 
-from . import network, physics, reassemble, training
+from . import network, physics, reassemble, refine, training
 
-__all__ = ["network", "physics", "reassemble", "training"]
+__all__ = ["network", "physics", "reassemble", "refine", "training"]
