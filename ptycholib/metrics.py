@@ -645,10 +645,8 @@ def _truth_range(image, fallback):
     return spread if spread > 1e-12 * max(scale, 1.0) else fallback
 
 
-def evaluate_reconstruction(
-    recon, truth, *, mask=None, register=True, remove_ramp=False, upsample_factor=20,
-    max_shift_px=DEFAULT_MAX_SHIFT_PX,
-):  # fmt: skip
+def evaluate_reconstruction(recon, truth, *, mask=None, register=True, remove_ramp=False, upsample_factor=20,
+                            max_shift_px=DEFAULT_MAX_SHIFT_PX):
     """Score a complex reconstruction against the truth over the scanned region.
 
     Parameters

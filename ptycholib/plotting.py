@@ -28,6 +28,12 @@ __all__ = [
 ]
 
 
+def _axes(width=6.5, height=4.0):
+    """One Figure (constrained layout) with one Axes: the frame of every line plot here."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.subplots()
+
+
 def image_grid(images, titles=None, *, cmap="viridis", ncols=None, suptitle=None, colorbar=True, panel_size=3.0):
     """Show real images on a grid, each with its own colour bar.
 
@@ -261,8 +267,7 @@ def loss_curves(histories, *, log=True):
     -------
     matplotlib.figure.Figure
     """
-    fig = Figure(figsize=(6.5, 4.0), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = _axes()
     positive = True
     for index, (label, history) in enumerate(histories.items()):
         colour = f"C{index % 10}"
@@ -366,8 +371,7 @@ def frc_curves(results, *, title="Fourier ring correlation with the truth"):
     -------
     matplotlib.figure.Figure
     """
-    fig = Figure(figsize=(6.5, 4.0), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = _axes()
     half_bit = None
     for index, (label, result) in enumerate(results.items()):
         ax.plot(result.frequencies, result.curve, color=f"C{index % 10}", label=label)
@@ -397,8 +401,7 @@ def quality_versus_time(rows, *, key="amplitude_ssim", title=None, target=None):
     target : float, optional
         Draw a horizontal line at this score (e.g. ePIE-30's).
     """
-    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = _axes(height=4.2)
     for method in dict.fromkeys(row["method"] for row in rows):
         mine = [row for row in rows if row["method"] == method]
         (line,) = ax.plot([r["seconds"] for r in mine], [r[key] for r in mine], marker="o", label=method)

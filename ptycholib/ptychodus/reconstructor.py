@@ -86,12 +86,8 @@ class PtycholibReconstructor(TrainableReconstructor):
     def __init__(self, backend, model_type, settings):
         if (backend, model_type) not in _RECONSTRUCTOR_NAMES:
             raise ValueError(f"no ptycholib reconstructor for backend={backend!r}, model_type={model_type!r}.")
-        self.backend = backend
-        self.model_type = model_type
-        self._settings = settings
-        self._archive = None
-        self._model_path = None
-        self._progress_goal = None
+        self.backend, self.model_type, self._settings = backend, model_type, settings
+        self._archive = self._model_path = self._progress_goal = None  # loaded or trained model, its file, progress
         self.last_reconstruction = None
         """`ptycholib.workflow.Reconstruction` of the latest `reconstruct` (weights, timings)."""
         self.last_history = None

@@ -336,12 +336,8 @@ def illuminate(object_patches, probe, *, probe_scale, probe_mask=False, gaussian
     object_patches : tensor or ndarray of shape (..., N, N), complex64
     probe : tensor or ndarray of shape (N, N), complex64
         Probe on the object pixel grid, before normalisation.
-    probe_scale : float
-        Divisor of the probe normalisation (SPEC 4.5).
-    probe_mask : bool
-        Multiply the normalised probe by the disk of radius N/4.
-    gaussian_smoothing_sigma : float
-        Blur the exit wave with this Gaussian (pixels); 0 disables it.
+    probe_scale, probe_mask, gaussian_smoothing_sigma
+        As in `ptycholib.forward.illuminate` (the NumPy reference).
 
     Returns
     -------

@@ -527,10 +527,8 @@ def predict_patches(model, inputs, offsets, *, batch_size, progress=False):
     Parameters
     ----------
     model : PhysicsModel
-    inputs : ndarray or tensor of shape (B, C, N, N), float32
-        Normalised amplitudes ``x = g * a``.
-    offsets : ndarray or tensor of shape (B, C, 2)
-        Position minus group mean in pixels, last axis ``(x, y)``.
+    inputs, offsets : ndarray or tensor
+        As in `network.forward_model`, for any number of groups.
     batch_size : int
         Groups per forward pass.
     progress : bool
