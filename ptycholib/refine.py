@@ -466,7 +466,7 @@ def compare_starts(model, data, iterations, *, reconstruction=None, epie_iterati
         network's time); default: reconstruct here.
     epie_iterations : int
         ePIE sweeps (`ptycholib.baseline.epie_numpy`); scored at every count of ``iterations`` below
-        it and at ``epie_iterations``.
+        it and at ``epie_iterations``; 0 leaves ePIE out (e.g. when the caller has run it already).
     mask : ndarray of bool, optional
         Region to score (`ptycholib.workflow.evaluate`); default the scanned region with a 20 px window.
     backend : str
@@ -506,7 +506,7 @@ def compare_starts(model, data, iterations, *, reconstruction=None, epie_iterati
         for count, (obj, seconds) in sorted(result.snapshots.items()):
             score(method, count, seconds + offset, obj)
     done, elapsed, obj = 0, 0.0, None
-    for count in [i for i in iterations if i < epie_iterations] + [epie_iterations]:
+    for count in ([i for i in iterations if i < epie_iterations] + [epie_iterations]) if epie_iterations else []:
         run = baseline.epie_numpy(data.amplitudes, data.x_px, data.y_px, data.probe, canvas_shape,
                                   n_iterations=count - done, initial_object=obj, seed=done)
         done, elapsed, obj = count, elapsed + run.seconds, run.obj
