@@ -416,9 +416,10 @@ def test_batch_mode_honours_refine_iterations(trained, scan_folder, tmp_path):
 def test_train_on_a_loaded_model_fine_tunes_it(trained, scan_folder, tmp_path):
     inp = adapter.load_reconstruct_input(scan_folder.folder)
     registry = SettingsRegistry()
+    settings = adapter.PtycholibSettings(registry)  # creates the groups that open_settings then fills
     registry.open_settings(adapter.write_settings(tmp_path / "settings.ini", overrides={
         **TRAIN_SETTINGS, "PtycholibTraining.NumEpochs": 1, "PtycholibTraining.NumGroups": 36}))
-    reconstructor = adapter.PtycholibReconstructor(trained.backend, "pinn", adapter.PtycholibSettings(registry))
+    reconstructor = adapter.PtycholibReconstructor(trained.backend, "pinn", settings)
     reconstructor.load_model_from_file(trained.model_path)
     parent = archive.load_model(trained.model_path)
     (tmp_path / "train").mkdir()
