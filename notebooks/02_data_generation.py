@@ -152,7 +152,8 @@ print(f"mean counts per pattern: {high.sum((1, 2)).mean():.4g} (asked {nphotons:
 # the test object is never seen in training. With `n_objects > 1` the training set scans that many
 # independent objects instead, tiles of one mosaic canvas separated by vacuum; `train.object_index`
 # says which tile each position belongs to, and groups never mix tiles. Every random choice comes
-# from one seed, so the same parameters give bit-identical files. The next cell simulates a few thousand patterns: a second or
+# from one seed, so the same parameters give bit-identical files. The test scan is also written at
+# `low_nphotons` (`test_low.npz`, same object, probe and positions) for notebook 04's low-dose comparison. The next cell simulates a few thousand patterns: a second or
 # two on a laptop.
 
 # %%
@@ -164,9 +165,13 @@ train, test = simulate.simulate_train_test(
 seconds = time.perf_counter() - start
 train_path = data.save_npz(train, f"{data_dir}/train.npz")
 test_path = data.save_npz(test, f"{data_dir}/test.npz")
+test_low = simulate.simulate_dataset(test.obj, test.probe, test.x_px, test.y_px, low_nphotons, seed + 1,
+                                     metadata={"split": "test_low", "object_kind": object_kind, "probe_kind": probe_kind})
+test_low_path = data.save_npz(test_low, f"{data_dir}/test_low.npz")
 print(f"simulated {train.n_positions + test.n_positions} patterns in {seconds:.2f} s")
 print(f"{train_path}: {train.n_positions} patterns, object {train.obj.shape}")
 print(f"{test_path}: {test.n_positions} patterns, object {test.obj.shape}")
+print(f"{test_low_path}: the same test scan at {low_nphotons:.0e} photons (notebook 04's low-dose comparison)")
 
 # %%
 fig = plotting.scan_figure(
