@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -416,12 +416,8 @@ def fine_tuning_start(parent, data, config, *, parent_path=None):
     ValueError
         The model section differs from the archive's, or the scan's patterns are not the archive's N.
     """
-    import dataclasses
-
-    from ptycholib import archive
-
     if config.model != parent.config.model:
-        changed = [f.name for f in dataclasses.fields(config.model)
+        changed = [f.name for f in fields(config.model)
                    if getattr(config.model, f.name) != getattr(parent.config.model, f.name)]
         raise ValueError(f"fine-tuning keeps the archived model's architecture; refused change of {', '.join(changed)}.")
     if data.amplitudes.shape[-1] != parent.config.model.N:
@@ -431,6 +427,6 @@ def fine_tuning_start(parent, data, config, *, parent_path=None):
     record = None
     if parent_path is not None:
         path = Path(parent_path)
-        path = path / archive.DEFAULT_NAME if path.is_dir() else path
-        record = {"name": path.name, "sha256": archive.file_sha256(path)}
+        path = path / archive_io.DEFAULT_NAME if path.is_dir() else path
+        record = {"name": path.name, "sha256": archive_io.file_sha256(path)}
     return config, weights, record

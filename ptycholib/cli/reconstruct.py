@@ -53,7 +53,7 @@ def run(args):
     if args.refine:
         start = refine.start_from_reconstruction(recon, recon.obj.shape)
         result = refine.refine(None, dataset, initial_object=start, n_iterations=args.refine, backend=recon.backend,
-                               canvas_shape=recon.obj.shape, **_fields(options))
+                               canvas_shape=recon.obj.shape, **dataclasses.asdict(options))
         recon = dataclasses.replace(recon, obj=result.obj)
         metadata.update(refine_probe=args.refine_probe, refine_alpha=args.refine_alpha,
                         refine_seconds=round(result.seconds, 3), refine_final_loss=float(result.losses[-1]))
@@ -63,6 +63,3 @@ def run(args):
           f"{recon.inference_seconds:.2f} s (+{recon.reassembly_seconds:.2f} s reassembly){refined}; wrote {path}")
     return 0
 
-
-def _fields(options):
-    return {field.name: getattr(options, field.name) for field in dataclasses.fields(options)}
