@@ -142,14 +142,16 @@ torch_style = {
 imported, torch_report = interop.from_torch_style(torch_style, strict=False)
 print(torch_report)
 drift = interop.config_drift(config.Config(), imported)
-notebooks.show_table([(d.key, repr(d.ours), repr(d.theirs)) for d in drift], ["field", "ptycholib default", "torch-style"],
-                     "01_torch_style_drift", fig_dir, title="Drift of a PtychoPINN-Torch-style config")
+notebooks.show_table([(d.key, repr(d.ours), repr(d.theirs)) for d in drift],
+                     ["field", "ptycholib default", "torch-style"], "01_torch_style_drift", fig_dir,
+                     title="Drift of a PtychoPINN-Torch-style config")
 
 # %%
-notebooks.save_metrics(
+metrics_file = notebooks.save_metrics(
     {"n_fields": len(rows), "n_drift_fields": len(drift), "legacy_round_trip_exact": back == cfg,
      "n_unsupported_torch_keys": len(torch_report.unsupported)},
     fig_dir, "01_config_harmonization")
+print(f"numbers written to {metrics_file}")
 
 # %% [markdown]
 # ## Summary

@@ -213,7 +213,8 @@ metrics = {
     "probe_diameter_px": diameter, "linear_overlap": overlap, "input_scale": g, "n_groups": groups.n_groups,
     "simulation_seconds": seconds,
 }  # fmt: skip
-notebooks.save_metrics(metrics, fig_dir, "02_data_generation")
+metrics_file = notebooks.save_metrics(metrics, fig_dir, "02_data_generation")
+print(f"numbers written to {metrics_file}")
 
 # %% [markdown]
 # ## Summary

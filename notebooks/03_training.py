@@ -132,12 +132,13 @@ fig = plotting.compare_objects(test_data.obj, {f"PINN ({backend})": recon.obj}, 
 notebooks.show(fig, f"03_first_look_{backend}", fig_dir)
 
 # %%
-notebooks.save_metrics({
+metrics_file = notebooks.save_metrics({
     "backend": backend, "train_seconds": trained.seconds, "n_groups": trained.n_groups,
     "epochs": len(trained.history), "groups_per_second": trained.n_groups * len(trained.history) / trained.seconds,
     "final_loss": trained.history[-1]["loss"], "final_val_loss": trained.history[-1]["val_loss"],
     "test_amplitude_ssim": scores["amplitude_ssim"], "test_phase_rmse": scores["phase_rmse"],
 }, fig_dir, f"03_training_{backend}")
+print(f"numbers written to {metrics_file}")
 
 # %% [markdown]
 # ## Summary

@@ -215,7 +215,7 @@ fig = plotting.quality_versus_time(low_comparison, target=low_target,
 notebooks.show(fig, f"04_refine_low_{backend}", fig_dir)
 
 # %%
-notebooks.save_metrics({
+metrics_file = notebooks.save_metrics({
     "backend": backend, "trained_with": trained_with, **scores[pinn_label],
     "inference_seconds": recon.inference_seconds, "reassembly_seconds": recon.reassembly_seconds,
     "reassembly_fraction": recon.reassembly_seconds / recon.inference_seconds,
@@ -224,6 +224,7 @@ notebooks.save_metrics({
     "refinement": comparison,
     "refinement_low_dose": low_comparison,
 }, fig_dir, f"04_inference_{backend}")
+print(f"numbers written to {metrics_file}")
 
 # %% [markdown]
 # ## Summary

@@ -125,10 +125,11 @@ notebooks.show_table(table, ["stage", "detail", "measured", "target", "result"],
                      title="Backend parity (SPEC §8)")
 
 # %%
-notebooks.save_metrics({
+metrics_file = notebooks.save_metrics({
     "parity_rows": [r.as_dict() for r in rows], "all_pass": all(r.passed for r in rows),
     "n_rows": len(rows), **trained.summary,
 }, fig_dir, "05_parity")
+print(f"numbers written to {metrics_file}")
 
 # %% [markdown]
 # ## Summary

@@ -19,9 +19,9 @@ def register(subparsers):
                                 description="Execute notebooks/NN_*.py through jupytext + papermill, one line per "
                                 "notebook when it starts and when it ends. A -p value with commas (-p nphotons=1e4,1e6 "
                                 "-p backend=torch,tensorflow) runs the product of the values; each run gets its own "
-                                "executed notebook (.ipynb and .html) and metrics file, and a combined table is printed "
-                                "at the end. A failing cell stops the run with exit status 1 and names the notebook, "
-                                "the cell and the error.")
+                                "executed notebook (.ipynb and .html) and metrics file, and a combined table is "
+                                "printed at the end. A failing cell stops the run with exit status 1 and names the "
+                                "notebook, the cell and the error.")
     add_names(parser, "notebook stems or number prefixes, e.g. 01 03")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: every notebook runs in seconds")
     parser.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE[,VALUE...]",
