@@ -1,8 +1,10 @@
 """Figure helpers for the notebooks: arrays in, ``matplotlib.figure.Figure`` out.
 
 Figures are built with the object-oriented API (``Figure`` without pyplot), so they work headless
-(Agg) and never touch global pyplot state; save them with ``fig.savefig(path)``. In Jupyter a
-returned figure displays as the cell's value.
+and never touch global pyplot state: no window pops up and no backend shows them a second time. In a
+notebook, end the cell with `ptycholib.notebooks.show` (saves the PNG under ``fig_dir`` and returns the
+figure, which IPython then shows as the cell's value); elsewhere call ``fig.savefig(path)``. Tables are
+not drawn here: `ptycholib.notebooks.show_table` shows them as real tables.
 """
 
 from __future__ import annotations
