@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints-cpu.txt -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
+# Prints one line per notebook as it starts and ends; executed notebooks (.ipynb + .html) go to build/notebooks.
 run: setup
 	$(BIN)/python -m ptycholib notebooks run --out-dir build/notebooks --fig-dir figures --report figures/REPORT.md
 

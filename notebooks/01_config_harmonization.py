@@ -44,10 +44,7 @@ import json
 import tempfile
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-from ptycholib import batching, config, interop, notebooks, plotting
+from ptycholib import batching, config, interop, notebooks
 
 Path(fig_dir).mkdir(parents=True, exist_ok=True)
 
@@ -60,14 +57,10 @@ Path(fig_dir).mkdir(parents=True, exist_ok=True)
 
 # %%
 rows = config.field_table()
-fig = plotting.table_figure(
-    [(section, name, repr(default), text[:70]) for section, name, default, text in rows],
-    ["section", "field", "default", "meaning"],
-    title="ptycholib configuration schema",
-    col_widths=[0.08, 0.2, 0.12, 0.6],
-)
-fig.savefig(f"{fig_dir}/01_config_schema.png", dpi=110)
 print(f"{len(rows)} fields")
+notebooks.show_table([(section, name, repr(default), text) for section, name, default, text in rows],
+                     ["section", "field", "default", "meaning"], "01_config_schema", fig_dir,
+                     title="ptycholib configuration schema")
 
 # %% [markdown]
 # ## 2. Validation
@@ -119,8 +112,14 @@ legacy = interop.to_legacy_dict(cfg)
 back, legacy_report = interop.from_legacy_dict(legacy)
 assert back == cfg
 renamed = [(ours, theirs, repr(legacy[theirs])) for ours, theirs in interop.LEGACY_KEY_RENAMES.items()]
-plotting.table_figure(renamed, ["ptycholib field", "PtychoPINN key", "value"], title="Renamed legacy keys").savefig(
-    f"{fig_dir}/01_legacy_keys.png", dpi=110)
+notebooks.show_table(renamed, ["ptycholib field", "PtychoPINN key", "value"], "01_legacy_keys", fig_dir,
+                     title="Renamed legacy keys")
+
+# %% [markdown]
+# A dict with keys PtychoPINN knows but ptycholib does not (here three of its simulation settings) is read
+# with `strict=False`: the report lists each unmapped key instead of dropping it silently.
+
+# %%
 foreign = dict(legacy, **{"offset": 4, "data_source": "lines", "max_position_jitter": 10})
 _, foreign_report = interop.from_legacy_dict(foreign, strict=False)
 print(foreign_report)
@@ -143,16 +142,16 @@ torch_style = {
 imported, torch_report = interop.from_torch_style(torch_style, strict=False)
 print(torch_report)
 drift = interop.config_drift(config.Config(), imported)
-plotting.table_figure([(d.key, repr(d.ours), repr(d.theirs)) for d in drift], ["field", "ptycholib default", "torch-style"],
-                    title="Drift of a PtychoPINN-Torch-style config").savefig(f"{fig_dir}/01_torch_style_drift.png", dpi=110)
-for d in drift:
-    print(f"{d.key:36s} {d.ours!r:>14} -> {d.theirs!r}")
+notebooks.show_table([(d.key, repr(d.ours), repr(d.theirs)) for d in drift],
+                     ["field", "ptycholib default", "torch-style"], "01_torch_style_drift", fig_dir,
+                     title="Drift of a PtychoPINN-Torch-style config")
 
 # %%
-notebooks.save_metrics(
+metrics_file = notebooks.save_metrics(
     {"n_fields": len(rows), "n_drift_fields": len(drift), "legacy_round_trip_exact": back == cfg,
      "n_unsupported_torch_keys": len(torch_report.unsupported)},
     fig_dir, "01_config_harmonization")
+print(f"numbers written to {metrics_file}")
 
 # %% [markdown]
 # ## Summary

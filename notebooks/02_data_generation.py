@@ -56,9 +56,6 @@ seed: int = 0  # one seed for everything random
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import numpy as np
 
 from ptycholib import data, grouping, notebooks, plotting, simulate
@@ -81,8 +78,7 @@ rng = np.random.default_rng(seed)
 # %%
 objects = {kind: simulate.make_object(kind, demo_shape, rng) for kind in simulate.OBJECT_KINDS}
 fig = plotting.complex_images(list(objects.values()), list(objects), suptitle="Simulated objects")
-fig.savefig(f"{fig_dir}/02_objects.png", dpi=100)
-fig
+notebooks.show(fig, "02_objects", fig_dir, dpi=100)
 
 # %% [markdown]
 # ## 2. Probes
@@ -95,11 +91,11 @@ fig
 # %%
 probes = {kind: simulate.make_probe(kind, patch_size) for kind in simulate.PROBE_KINDS}
 diameters = {kind: simulate.probe_diameter_px(probe) for kind, probe in probes.items()}
+print({kind: round(d, 1) for kind, d in diameters.items()})
 fig = plotting.complex_images(
     list(probes.values()), [f"{k} (90% in {d:.0f} px)" for k, d in diameters.items()], phase_threshold=0.05
 )
-fig.savefig(f"{fig_dir}/02_probes.png", dpi=100)
-print({kind: round(d, 1) for kind, d in diameters.items()})
+notebooks.show(fig, "02_probes", fig_dir, dpi=100)
 
 # %% [markdown]
 # ## 3. Scan patterns and overlap
@@ -117,12 +113,12 @@ raster = simulate.raster_positions(raster_shape, patch_size, step_px=step_px, n_
 spiral_shape = simulate.scan_canvas_shape(n_test, patch_size, step_px=step_px, scan="spiral")
 spiral = simulate.spiral_positions(spiral_shape, patch_size, n_test, step_px=step_px)
 overlap = simulate.linear_overlap(step_px, diameter)
+print(f"raster canvas {raster_shape}, spiral canvas {spiral_shape}, overlap {overlap:.2f}")
 fig = plotting.scan_figure(
     [raster, spiral], ["raster", "Fermat spiral"], probe_diameter_px=diameter,
     suptitle=f"step {step_px:g} px, {probe_kind} probe of {diameter:.0f} px: linear overlap {overlap:.0%}",
 )  # fmt: skip
-fig.savefig(f"{fig_dir}/02_scans.png", dpi=100)
-print(f"raster canvas {raster_shape}, spiral canvas {spiral_shape}, overlap {overlap:.2f}")
+notebooks.show(fig, "02_scans", fig_dir, dpi=100)
 
 # %% [markdown]
 # ## 4. Diffraction patterns at two doses
@@ -137,14 +133,14 @@ x_demo, y_demo = simulate.raster_positions(obj.shape, patch_size, step_px=step_p
 picked = [0, len(x_demo) // 2]
 high = simulate.simulate_counts(obj, probe, x_demo[picked], y_demo[picked], nphotons, rng)
 low = simulate.simulate_counts(obj, probe, x_demo[picked], y_demo[picked], low_nphotons, rng)
+print(f"mean counts per pattern: {high.sum((1, 2)).mean():.4g} (asked {nphotons:.0e}), "
+      f"{low.sum((1, 2)).mean():.4g} (asked {low_nphotons:.0e}); zero pixels at low dose: {np.mean(low == 0):.0%}")  # fmt: skip
 fig = plotting.diffraction_patterns(
     [high[0], high[1], low[0], low[1]],
     [f"{nphotons:.0e} photons, position {i}" for i in (1, 2)] + [f"{low_nphotons:.0e} photons, position {i}" for i in (1, 2)],
     ncols=2,
 )  # fmt: skip
-fig.savefig(f"{fig_dir}/02_patterns.png", dpi=100)
-print(f"mean counts per pattern: {high.sum((1, 2)).mean():.4g} (asked {nphotons:.0e}), "
-      f"{low.sum((1, 2)).mean():.4g} (asked {low_nphotons:.0e}); zero pixels at low dose: {np.mean(low == 0):.0%}")  # fmt: skip
+notebooks.show(fig, "02_patterns", fig_dir, dpi=100)
 
 # %% [markdown]
 # ## 5. The training and test sets
@@ -173,14 +169,18 @@ print(f"{train_path}: {train.n_positions} patterns, object {train.obj.shape}")
 print(f"{test_path}: {test.n_positions} patterns, object {test.obj.shape}")
 print(f"{test_low_path}: the same test scan at {low_nphotons:.0e} photons (notebook 04's low-dose comparison)")
 
+# %% [markdown]
+# The two scans over their objects' amplitudes: the same raster on two different objects. Reading the file
+# back gives the same amplitudes bit for bit.
+
 # %%
+reloaded = data.load_npz(train_path)
+assert np.array_equal(reloaded.amplitudes, train.amplitudes)
 fig = plotting.scan_figure(
     [(train.x_px, train.y_px), (test.x_px, test.y_px)], ["train", "test"],
     backgrounds=[np.abs(train.obj), np.abs(test.obj)], probe_diameter_px=diameter,
 )  # fmt: skip
-fig.savefig(f"{fig_dir}/02_datasets.png", dpi=100)
-reloaded = data.load_npz(train_path)
-assert np.array_equal(reloaded.amplitudes, train.amplitudes)
+notebooks.show(fig, "02_datasets", fig_dir, dpi=100)
 
 # %% [markdown]
 # ## 6. Groups and offsets
@@ -195,14 +195,14 @@ groups = grouping.group_neighbors(
     train.x_px, train.y_px, gridsize, neighbor_count=neighbor_count, seed=seed, object_index=train.object_index
 )
 chosen = groups.n_groups // 2
+g = grouping.input_scale(train.amplitudes)
+print(f"{groups.n_groups} groups of {groups.channels}; offsets of group {chosen} (px):\n{groups.offsets[chosen]}")
+print(f"input scale g = {g:.4g}")
 fig = plotting.group_figure(
     train.obj, train.x_px, train.y_px, groups.indices[chosen], groups.offsets[chosen], patch_size,
     title=f"group {chosen} of {groups.n_groups} (gridsize {gridsize}, K = {neighbor_count})",
 )  # fmt: skip
-fig.savefig(f"{fig_dir}/02_group.png", dpi=100)
-g = grouping.input_scale(train.amplitudes)
-print(f"{groups.n_groups} groups of {groups.channels}; offsets of group {chosen} (px):\n{groups.offsets[chosen]}")
-print(f"input scale g = {g:.4g}")
+notebooks.show(fig, "02_group", fig_dir, dpi=100)
 
 # %%
 metrics = {
@@ -213,7 +213,8 @@ metrics = {
     "probe_diameter_px": diameter, "linear_overlap": overlap, "input_scale": g, "n_groups": groups.n_groups,
     "simulation_seconds": seconds,
 }  # fmt: skip
-notebooks.save_metrics(metrics, fig_dir, "02_data_generation")
+metrics_file = notebooks.save_metrics(metrics, fig_dir, "02_data_generation")
+print(f"numbers written to {metrics_file}")
 
 # %% [markdown]
 # ## Summary

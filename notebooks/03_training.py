@@ -50,9 +50,6 @@ seed: int = 0  # grouping, initial weights, batch order
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 from ptycholib import archive, batching, config, data, notebooks, plotting, workflow
 
 if smoke:
@@ -90,7 +87,7 @@ print(f"{train_data.n_positions} training positions, N={train_data.patch_size}; 
 
 # %%
 plan = batching.epoch_plan(cfg.training)
-plotting.schedule(plan).savefig(f"{fig_dir}/03_schedule_{backend}.png", dpi=110)
+notebooks.show(plotting.schedule(plan), f"03_schedule_{backend}", fig_dir)
 
 # %% [markdown]
 # ## 3. Train without ground truth
@@ -105,7 +102,7 @@ print(f"{trained.n_groups} groups x {len(trained.history)} epochs in {trained.se
       f"({trained.n_groups * len(trained.history) / trained.seconds:.1f} groups/s)")
 
 # %%
-plotting.loss_curves({f"PINN ({backend})": trained.history}).savefig(f"{fig_dir}/03_loss_{backend}.png", dpi=110)
+notebooks.show(plotting.loss_curves({f"PINN ({backend})": trained.history}), f"03_loss_{backend}", fig_dir)
 
 # %% [markdown]
 # ## 4. The supervised baseline
@@ -131,16 +128,17 @@ start = time.perf_counter()
 recon = workflow.reconstruct(path, test_data)
 scores = workflow.evaluate(recon, test_data)
 print(f"saved {path}; test amplitude SSIM {scores['amplitude_ssim']:.3f}, phase RMSE {scores['phase_rmse']:.3f} rad")
-plotting.compare_objects(test_data.obj, {f"PINN ({backend})": recon.obj}, mask=recon.region).savefig(
-    f"{fig_dir}/03_first_look_{backend}.png", dpi=110)
+fig = plotting.compare_objects(test_data.obj, {f"PINN ({backend})": recon.obj}, mask=recon.region)
+notebooks.show(fig, f"03_first_look_{backend}", fig_dir)
 
 # %%
-notebooks.save_metrics({
+metrics_file = notebooks.save_metrics({
     "backend": backend, "train_seconds": trained.seconds, "n_groups": trained.n_groups,
     "epochs": len(trained.history), "groups_per_second": trained.n_groups * len(trained.history) / trained.seconds,
     "final_loss": trained.history[-1]["loss"], "final_val_loss": trained.history[-1]["val_loss"],
     "test_amplitude_ssim": scores["amplitude_ssim"], "test_phase_rmse": scores["phase_rmse"],
 }, fig_dir, f"03_training_{backend}")
+print(f"numbers written to {metrics_file}")
 
 # %% [markdown]
 # ## Summary

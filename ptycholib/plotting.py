@@ -1,8 +1,10 @@
 """Figure helpers for the notebooks: arrays in, ``matplotlib.figure.Figure`` out.
 
 Figures are built with the object-oriented API (``Figure`` without pyplot), so they work headless
-(Agg) and never touch global pyplot state; save them with ``fig.savefig(path)``. In Jupyter a
-returned figure displays as the cell's value.
+and never touch global pyplot state: no window pops up and no backend shows them a second time. In a
+notebook, end the cell with `ptycholib.notebooks.show` (saves the PNG under ``fig_dir`` and returns the
+figure, which IPython then shows as the cell's value); elsewhere call ``fig.savefig(path)``. Tables are
+not drawn here: `ptycholib.notebooks.show_table` shows them as real tables.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ __all__ = [
     "compare_objects",
     "error_maps",
     "frc_curves",
-    "table_figure",
     "quality_versus_time",
     "difference_maps",
+    "parity_ratios",
 ]
 
 
@@ -422,27 +424,61 @@ def difference_maps(images, titles, *, suptitle=None):
     return image_grid([np.asarray(image) for image in images], titles, cmap="RdBu_r", suptitle=suptitle)
 
 
-def table_figure(rows, col_labels, *, title=None, col_widths=None):
-    """Draw rows of text as a table and return the Figure.
+def _value(row, name):
+    return row[name] if isinstance(row, dict) else getattr(row, name)
+
+
+def parity_ratios(rows, *, title="Backend parity: measured ÷ target (pass at or below 1)"):
+    """Plot measured ÷ target for every parity row, one column of points per stage, on a log axis.
+
+    A row passes when its measured value is at or below its target (`ptycholib.parity.ParityRow`), so
+    every point at or below the pass line at 1 passes; how far below it shows the margin. Rows measured
+    exactly 0 (an exact target or an exact result) sit on a floor at the bottom, marked "exact";
+    a non-zero value against a target of 0, or a non-finite one, sits at the top and fails.
 
     Parameters
     ----------
-    rows : sequence of sequence
-        Cell values; converted with ``str``.
-    col_labels : sequence of str
-    title : str, optional
-    col_widths : sequence of float, optional
-        Relative column widths.
+    rows : sequence of ParityRow or dict
+        Each with ``stage``, ``measured`` and ``target`` (``as_dict()`` rows from a metrics file work).
+    title : str
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Passing points green (circles), failing red (crosses). Used in notebook 05.
     """
-    cells = [[str(value) for value in row] for row in rows]
-    fig = Figure(figsize=(11, 0.32 * (len(cells) + 2) + 0.4), layout="constrained")
-    ax = fig.subplots()
-    ax.axis("off")
-    table = ax.table(cellText=cells, colLabels=list(col_labels), loc="upper center", cellLoc="left",
-                     colWidths=col_widths)
-    table.auto_set_font_size(False)
-    table.set_fontsize(8)
-    table.scale(1, 1.2)
-    if title:
-        ax.set_title(title, fontsize=10)
+    rows = list(rows)
+    if not rows:
+        raise ValueError("parity_ratios needs at least one row.")
+    stages = list(dict.fromkeys(str(_value(r, "stage")) for r in rows))
+    measured = np.array([float(_value(r, "measured")) for r in rows])
+    target = np.array([float(_value(r, "target")) for r in rows])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(target > 0, measured / np.where(target > 0, target, 1.0), np.inf)
+    exact = np.isfinite(measured) & (measured == 0)
+    ratio[exact] = 0.0
+    failed = ~(np.isfinite(measured) & (measured <= target))
+    shown = ratio[(ratio > 0) & np.isfinite(ratio)]
+    floor = min(shown.min() if shown.size else 1.0, 1e-2) / 10
+    ceiling = max(shown.max() if shown.size else 1.0, 10.0) * 10
+    y = np.clip(np.nan_to_num(ratio, nan=np.inf), floor, ceiling)
+    column = np.array([stages.index(str(_value(r, "stage"))) for r in rows], dtype=float)
+    for k in range(len(stages)):  # spread the points of one stage a little so that they stay visible
+        members = np.flatnonzero(column == k)
+        column[members] += np.linspace(-0.25, 0.25, len(members)) if len(members) > 1 else 0.0
+    fig, ax = _axes(width=max(6.5, 1.1 * len(stages) + 2), height=4.2)
+    ok = ~failed
+    ax.scatter(column[ok], y[ok], color="tab:green", marker="o", s=22, label="pass", zorder=3)
+    if failed.any():
+        ax.scatter(column[failed], y[failed], color="tab:red", marker="x", s=40, label="FAIL", zorder=3)
+    ax.axhline(1.0, color="0.3", lw=1.0, ls="--", label="target (pass line)")
+    if exact.any():
+        ax.axhline(floor, color="0.7", lw=0.6, ls=":")
+        ax.text(0.01, floor * 1.3, "exact (0)", transform=ax.get_yaxis_transform(), fontsize=8, color="0.4")
+    ax.set_yscale("log")
+    ax.set_ylim(floor / 2, ceiling * 2)
+    ax.set_xticks(range(len(stages)), stages, rotation=20, ha="right")
+    ax.set_ylabel("measured ÷ target")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="best")
     return fig

@@ -45,3 +45,23 @@ def test_training_figures(tiny_dataset):
     fig = plotting.compare_objects(truth, {"recon": truth * 2j}, mask=mask)
     amplitude = fig.axes[0].images[0].get_array()
     assert len(_image_axes(fig)) == 4 and np.isnan(np.asarray(amplitude, dtype=float)[0, 0])
+
+
+def test_parity_ratios_log_axis_pass_line_and_exact_floor():
+    from ptycholib.parity import ParityRow
+
+    rows = [ParityRow("config", "round trip", 0.0, 0.0), ParityRow("network", "a", 2e-7, 1e-4),
+            ParityRow("network", "b", 5e-5, 1e-4), {"stage": "trained models", "measured": 3.0, "target": 1.0},
+            ParityRow("gradients", "nan", float("nan"), 1e-3)]
+    fig = plotting.parity_ratios(rows)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    assert any(list(line.get_ydata()) == [1.0, 1.0] for line in ax.lines)  # the pass line
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["config", "network", "trained models", "gradients"]
+    passed, failed = (np.asarray(c.get_offsets()) for c in ax.collections)
+    assert len(passed) == 3 and len(failed) == 2
+    np.testing.assert_allclose(sorted(passed[:, 1])[1:], [2e-3, 0.5])
+    floor = sorted(passed[:, 1])[0]
+    assert 0 < floor < 2e-3 and np.all(failed[:, 1] > 1) and np.all(np.isfinite(failed))
+    with pytest.raises(ValueError, match="at least one row"):
+        plotting.parity_ratios([])

@@ -40,3 +40,46 @@ def test_thin_cells_and_kernelspec(path):
 def test_notebooks_are_numbered_and_unique():
     numbers = [p.stem[:2] for p in NOTEBOOKS]
     assert numbers == sorted(set(numbers))
+
+
+def _show_calls(tree):
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name) and node.func.value.id == "notebooks"
+            and node.func.attr in ("show", "show_table")]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_figures_and_tables_are_the_cells_value(path):
+    """A plot or table cell ends with ``notebooks.show(...)`` / ``notebooks.show_table(...)``, once per cell, so
+    the picture lands under the prose that explains it; nothing saves a figure behind the reader's back."""
+    text = path.read_text()
+    assert "matplotlib.use" not in text and ".savefig(" not in text and "table_figure" not in text
+    nb = jupytext.read(path)
+    shown = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tree = ast.parse(cell.source)
+        calls = _show_calls(tree)
+        if not calls:
+            continue
+        shown += 1
+        last = tree.body[-1]
+        assert len(calls) == 1, f"{path.name}: one figure or table per cell:\n{cell.source}"
+        assert isinstance(last, ast.Expr) and last.value is calls[0], f"{path.name}: end with it:\n{cell.source}"
+    assert shown, f"{path.name} shows no figure or table"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_parses_every_parameter_line(path, caplog):
+    """papermill's inspector (used when it injects parameters and by --help-notebook) reads every line:
+    no 'Unable to parse line' warning, every parameter with its type and help text."""
+    translators = pytest.importorskip("papermill.translators")
+    nb = jupytext.read(path)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    with caplog.at_level("WARNING", logger="papermill"):
+        found = translators.PythonTranslator.inspect(cell)
+    assert not [r.getMessage() for r in caplog.records], path.name
+    declared = [node.target.id for node in ast.parse(cell.source).body]
+    assert [p.name for p in found] == declared
+    assert all(p.inferred_type_name != "None" and p.help for p in found)

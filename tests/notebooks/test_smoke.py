@@ -9,6 +9,8 @@ import re
 
 import pytest
 
+nbformat = pytest.importorskip("nbformat")
+
 pytest.importorskip("papermill")
 pytest.importorskip("jupytext")
 
@@ -64,6 +66,26 @@ def pipeline(tmp_path_factory):
     return run
 
 
+def _assert_every_figure_is_shown(executed_path, figures):
+    """The executed notebook holds one PNG output per figure written to fig_dir, each once, as the value
+    of the cell that saved it (`ptycholib.notebooks.show`), so a reader sees it under its paragraph; a
+    table (`show_table`) is its cell's value as an HTML table."""
+    executed = nbformat.read(executed_path, as_version=4)
+    shown = []
+    for index, cell in enumerate(executed.cells):
+        if cell.cell_type != "code":
+            continue
+        images = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+        if "notebooks.show(" in cell.source:
+            assert len(images) == 1 and images[0].output_type == "execute_result", (index, cell.source)
+        if "notebooks.show_table(" in cell.source:
+            values = [o for o in cell.get("outputs", []) if o.output_type == "execute_result"]
+            assert len(values) == 1 and "<table>" in values[0].data.get("text/html", ""), (index, cell.source)
+        shown += images
+    names = [f.name for f in figures]
+    assert len(shown) == len(figures), f"{len(figures)} figures written ({names}), {len(shown)} shown"
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("path, backend", list(_cases()))
 def test_notebook_smoke(path, backend, pipeline):
@@ -71,7 +93,10 @@ def test_notebook_smoke(path, backend, pipeline):
         pytest.importorskip(backend)
     result = pipeline(path.stem[:2], backend)
     assert result.output.exists()
-    assert list(result.fig_dir.glob(f"{path.stem[:2]}_*.png")), "the notebook wrote no figure"
+    figures = sorted(result.fig_dir.glob(f"{path.stem[:2]}_*.png"))
+    assert figures or list(result.fig_dir.glob(f"{path.stem[:2]}_*.md")), "the notebook wrote no figure or table"
+    _assert_every_figure_is_shown(result.output, figures)
+    assert result.html is not None and result.html.exists()
     assert result.metrics, "the notebook wrote no metrics file"
     assert _finite(result.metrics), result.metrics
     # At smoke sizes the trained-model rows compare two models after a few Adam steps, which amplify
