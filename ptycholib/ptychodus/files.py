@@ -15,6 +15,10 @@ the ``history.csv`` that ptychodus's ``train`` leaves beside the model.
 Pixel convention: ptychodus puts a window's centre at index ``(N - 1) / 2`` of the probe array, we
 at ``N // 2`` (SPEC 3), so positions move by ``+0.5`` for even N (`ptychodus_px_to_object_px`).
 
+Every HDF5 dataset is checked before it is read (`ptycholib._io.check_h5_dataset`): no soft or
+external links, no external storage, no virtual datasets, plain numeric dtypes, and a declared size
+within `ptycholib._io.max_array_bytes`; a truncated or foreign file is one `ValueError` line naming it.
+
 Only numpy and h5py are imported here (h5py when a file is opened); ``ptychodus`` is imported by
 `load_reconstruct_input` and, for an HDF5 folder, `load_training_data`.
 """
@@ -27,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ptycholib._io import check_h5_dataset, format_bytes, max_array_bytes, open_h5, open_npz
 from ptycholib.data import (
+    _check_real,
     _construct,
     _first_mode,
     _mode_power_fraction,
@@ -139,8 +145,8 @@ def load_ptychodus_npz(path):
     path = Path(path)
     where = path.name
     metadata = {"source": "ptychodus training-data NPZ", "converted_from": "intensity"}
-    with np.load(path, allow_pickle=False) as npz:
-        counts = _require(npz, "diff3d", where, "it holds the diffraction counts")
+    with open_npz(path, what="ptychodus training-data file") as npz:
+        counts = _check_real(_require(npz, "diff3d", where, "it holds the diffraction counts"), "diff3d", where)
         x_px = _require(npz, "xcoords", where, "every pattern needs a position")
         y_px = _require(npz, "ycoords", where, "every pattern needs a position")
         probe_modes = _require(npz, "probeGuess", where, "ptychodus always exports the probe")
@@ -160,13 +166,26 @@ def load_ptychodus_npz(path):
 # diffraction.h5 + product.h5 with h5py
 
 
-def _h5_dataset(h5file, key, where):
+def _h5_dataset(h5file, key, where, *, kinds="biufc", optional=False):
     import h5py
 
+    link = h5file.get(key, getlink=True)
+    if link is None and optional:
+        return None
+    if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+        target = link.path if isinstance(link, h5py.SoftLink) else f"{link.filename}:{link.path}"
+        raise ValueError(f"'{key}' in {where} is a {type(link).__name__} (to {target}); ptycholib reads only datasets "
+                         "stored in the file.")
     item = h5file.get(key)
     if not isinstance(item, h5py.Dataset):
         found = ", ".join(sorted(h5file.keys())) or "nothing"
         raise ValueError(f"{where} has no '{key}' dataset (found: {found}); is this a ptychodus file?")
+    check_h5_dataset(item, where, kinds=kinds)
+    n_bytes = int(np.prod(item.shape, dtype=np.float64)) * item.dtype.itemsize
+    limit = max_array_bytes()
+    if n_bytes > limit:
+        raise ValueError(f"'{key}' in {where} declares shape {item.shape} ({format_bytes(n_bytes)}), more than the "
+                         f"{format_bytes(limit)} one array may take here (PTYCHOLIB_MAX_ARRAY_BYTES).")
     return item
 
 
@@ -178,10 +197,8 @@ def _h5_attr(dataset, key, where):
 
 def _read_product(product_path, patch_size):
     """Read probe, object, positions (our pixels) and metadata from a ptychodus ``product.h5``."""
-    import h5py
-
     where = Path(product_path).name
-    with h5py.File(product_path, "r") as h5file:
+    with open_h5(product_path, where, what="ptychodus product file") as h5file:
         obj_dataset = _h5_dataset(h5file, "object", where)
         layers = np.asarray(obj_dataset[()])
         obj = layers if layers.ndim == 2 else layers.reshape((-1,) + layers.shape[-2:])[0]
@@ -192,9 +209,9 @@ def _read_product(product_path, patch_size):
         probe_pixel_m = tuple(
             float(probe_dataset.attrs.get(key, default)) for key, default in zip(("pixel_width_m", "pixel_height_m"), pixel_size_m)
         )
-        indexes = np.asarray(_h5_dataset(h5file, "probe_position_indexes", where)[()])
-        x_m = np.asarray(_h5_dataset(h5file, "probe_position_x_m", where)[()], dtype=np.float64)
-        y_m = np.asarray(_h5_dataset(h5file, "probe_position_y_m", where)[()], dtype=np.float64)
+        indexes = np.asarray(_h5_dataset(h5file, "probe_position_indexes", where, kinds="iu")[()])
+        x_m = np.asarray(_h5_dataset(h5file, "probe_position_x_m", where, kinds="iuf")[()], dtype=np.float64)
+        y_m = np.asarray(_h5_dataset(h5file, "probe_position_y_m", where, kinds="iuf")[()], dtype=np.float64)
         attributes = {key: h5file.attrs[key] for key in ("name", "photon_energy_eV", "detector_object_distance_m") if key in h5file.attrs}
     if not np.allclose(probe_pixel_m, pixel_size_m, rtol=1e-6, atol=0):
         raise ValueError(
@@ -240,17 +257,18 @@ class _PtychodusPair:
     """Open a ptychodus diffraction/product pair and read patterns by index ranges."""
 
     def __init__(self, diffraction_path, product_path):
-        import h5py
-
         self.where = Path(diffraction_path).name
-        self.file = h5py.File(diffraction_path, "r")
+        self.file = open_h5(diffraction_path, self.where, what="ptychodus diffraction file")
         try:
-            self.patterns = _h5_dataset(self.file, "patterns", self.where)
+            self.patterns = _h5_dataset(self.file, "patterns", self.where, kinds="biuf")
             if self.patterns.ndim != 3:
                 raise ValueError(f"patterns in {self.where} have shape {self.patterns.shape}; expected (M, N, N).")
-            indexes = np.asarray(_h5_dataset(self.file, "indexes", self.where)[()])
-            bad_pixels = self.file.get("bad_pixels")
+            indexes = np.asarray(_h5_dataset(self.file, "indexes", self.where, kinds="iu")[()])
+            bad_pixels = _h5_dataset(self.file, "bad_pixels", self.where, kinds="biu", optional=True)
             self.bad_pixels = None if bad_pixels is None else np.asarray(bad_pixels[()], dtype=bool)
+            if self.bad_pixels is not None and self.bad_pixels.shape != self.patterns.shape[-2:]:
+                raise ValueError(f"bad_pixels in {self.where} has shape {self.bad_pixels.shape}; the patterns are "
+                                 f"{self.patterns.shape[-2:]}.")
             product = _read_product(product_path, self.patterns.shape[-1])
             self.found, self.x_px, self.y_px = _pair_by_index(
                 indexes, product.pop("indexes"), product.pop("x_px"), product.pop("y_px"), self.where
@@ -406,7 +424,7 @@ def load_training_data(folder):
     folder = Path(folder)
     npz_path = folder / TRAINING_DATA_NAME
     if npz_path.is_file():
-        with np.load(npz_path, allow_pickle=False) as npz:
+        with open_npz(npz_path, what="training data file") as npz:
             keys = set(npz.files)
         if "metadata" not in keys and "bad_pixels" in keys:
             return load_ptychodus_npz(npz_path), npz_path  # ptychodus's PtychoPINN export: counts
