@@ -45,6 +45,7 @@ from ptycholib.data import (
 
 __all__ = [
     "TRAINING_DATA_NAME",
+    "check_ptychodus_pair",
     "iter_ptychodus_h5",
     "load_ptychodus_h5",
     "load_ptychodus_npz",
@@ -173,9 +174,8 @@ def _h5_dataset(h5file, key, where, *, kinds="biufc", optional=False):
     if link is None and optional:
         return None
     if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
-        target = link.path if isinstance(link, h5py.SoftLink) else f"{link.filename}:{link.path}"
-        raise ValueError(f"'{key}' in {where} is a {type(link).__name__} (to {target}); ptycholib reads only datasets "
-                         "stored in the file.")
+        kind, target = ("a soft link", link.path) if isinstance(link, h5py.SoftLink) else ("an external link", f"{link.filename}:{link.path}")
+        raise ValueError(f"'{key}' in {where} is {kind} (to {target}); ptycholib reads only datasets stored in the file.")
     item = h5file.get(key)
     if not isinstance(item, h5py.Dataset):
         found = ", ".join(sorted(h5file.keys())) or "nothing"
@@ -233,6 +233,37 @@ def _read_product(product_path, patch_size):
         probe_mode0_power_fraction=_mode_power_fraction(flat_modes),
     )
     return {"probe": flat_modes[0], "obj": obj, "indexes": indexes, "x_px": x_px, "y_px": y_px, "metadata": metadata}
+
+
+def check_ptychodus_pair(diffraction_path, product_path):
+    """Check the structure of a ptychodus ``diffraction.h5`` + ``product.h5`` pair without reading its arrays.
+
+    Run before ptychodus's own readers see the files (``ptycholib ptychodus reconstruct|train``):
+    both files must open as HDF5, and every dataset ptycholib or ptychodus reads must exist, be
+    stored in the file (no soft or external links, external storage or virtual datasets), hold
+    plain numbers and declare a size within `ptycholib._io.max_array_bytes`.
+
+    Raises
+    ------
+    FileNotFoundError
+        A file is missing.
+    ValueError
+        One line naming the file and the dataset.
+    """
+    where = Path(diffraction_path).name
+    with open_h5(diffraction_path, where, what="ptychodus diffraction file") as h5file:
+        patterns = _h5_dataset(h5file, "patterns", where, kinds="biuf")
+        if patterns.ndim != 3:
+            raise ValueError(f"patterns in {where} have shape {patterns.shape}; expected (M, N, N).")
+        _h5_dataset(h5file, "indexes", where, kinds="iu")
+        _h5_dataset(h5file, "bad_pixels", where, kinds="biu", optional=True)
+    where = Path(product_path).name
+    with open_h5(product_path, where, what="ptychodus product file") as h5file:
+        for key in ("object", "probe"):
+            _h5_dataset(h5file, key, where)
+        _h5_dataset(h5file, "probe_position_indexes", where, kinds="iu")
+        for key in ("probe_position_x_m", "probe_position_y_m"):
+            _h5_dataset(h5file, key, where, kinds="iuf")
 
 
 def _pair_by_index(pattern_indexes, position_indexes, x_px, y_px, where):
