@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ptycholib import data, simulate
-from ptycholib.cli._common import check_output_folder, output_folder, require_at_least_one, require_finite
+from ptycholib.cli._common import check_output_folder, output_folder, require_finite
 
 __all__ = ["register", "run"]
 
@@ -77,9 +77,7 @@ def run(args):
 
 
 def _check_numbers(args):
-    """Refuse non-finite and out-of-range numbers before simulating (one line, exit 2)."""
-    for option, value in (("--n-train", args.n_train), ("--n-test", args.n_test), ("--n-objects", args.n_objects)):
-        require_at_least_one(value, option)
+    """Refuse non-finite and out-of-range floats before simulating (one line, exit 2; counts are checked by simulate)."""
     require_finite(args.nphotons, "--nphotons", above=0)
     require_finite(args.step_px, "--step-px", above=0)
     require_finite(args.jitter_px, "--jitter-px", minimum=0)
