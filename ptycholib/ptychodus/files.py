@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ptycholib._io import check_h5_dataset, format_bytes, max_array_bytes, open_h5, open_npz
+from ptycholib._io import check_h5_dataset, format_bytes, max_array_bytes, one_line, open_h5, open_npz
 from ptycholib.data import (
     _check_real,
     _construct,
@@ -198,6 +198,15 @@ def _h5_attr(dataset, key, where):
 def _read_product(product_path, patch_size):
     """Read probe, object, positions (our pixels) and metadata from a ptychodus ``product.h5``."""
     where = Path(product_path).name
+    try:
+        return _read_product_file(product_path, where, patch_size)
+    except OSError as exc:  # a corrupt dataset: h5py's message does not name the file
+        if isinstance(exc, (FileNotFoundError, PermissionError)):
+            raise
+        raise ValueError(f"{where} is corrupt ({one_line(exc)}).") from None
+
+
+def _read_product_file(product_path, where, patch_size):
     with open_h5(product_path, where, what="ptychodus product file") as h5file:
         obj_dataset = _h5_dataset(h5file, "object", where)
         layers = np.asarray(obj_dataset[()])
@@ -311,7 +320,10 @@ class _PtychodusPair:
 
     def read(self, start, stop):
         keep = self.found[start:stop]
-        counts = self.patterns[start:stop][keep]
+        try:
+            counts = self.patterns[start:stop][keep]
+        except OSError as exc:  # a corrupt chunk: h5py's message does not name the file
+            raise ValueError(f"patterns {start}:{stop} in {self.where} are unreadable ({one_line(exc)}).") from None
         if self.bad_pixels is not None:
             counts[..., self.bad_pixels] = 0
         amplitudes = counts_to_amplitudes(counts, name="patterns", where=self.where)
