@@ -666,6 +666,32 @@ def test_sigint_in_a_subprocess_exits_130():
     assert result.stderr.strip() == "ptycholib config: interrupted"
 
 
+def test_ctrl_c_turned_into_sys_exit_still_exits_130(tmp_path, capsys, monkeypatch):
+    """Lightning catches KeyboardInterrupt and calls sys.exit(1); the CLI still reports an interruption."""
+    import signal
+    import time
+
+    from ptycholib.cli import train as train_command
+
+    def lightning_like(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(30)
+        except KeyboardInterrupt:
+            sys.exit(1)
+
+    monkeypatch.setattr(train_command, "run", lightning_like)
+    before = signal.getsignal(signal.SIGINT)
+    assert main(["train", "--data", "x.npz", "--out", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"ptycholib train: interrupted; resume with `ptycholib train --resume {tmp_path / 'run'}`"
+    ]
+    assert signal.getsignal(signal.SIGINT) is before
+    monkeypatch.setattr(train_command, "run", lambda args: sys.exit(3))
+    with pytest.raises(SystemExit):  # a plain sys.exit is not an interruption
+        main(["train", "--data", "x.npz", "--out", str(tmp_path / "run")])
+
+
 def test_memory_error_is_an_expected_failure(tmp_path, capsys, monkeypatch):
     from ptycholib.cli import config as config_command
 

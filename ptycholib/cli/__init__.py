@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import contextlib
 import os
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 import zipfile
 
@@ -62,9 +65,17 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     prefix = f"ptycholib {args.command}"
+    interrupts = []
     try:
-        return int(args.func(args) or 0)
+        with _watch_sigint(interrupts):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
+        print(f"{prefix}: {_interrupted(args)}", file=sys.stderr)
+        return 130
+    except SystemExit:
+        if not interrupts:
+            raise
+        # Lightning turns Ctrl-C into sys.exit(1) after its graceful shutdown; report it as an interruption
         print(f"{prefix}: {_interrupted(args)}", file=sys.stderr)
         return 130
     except ImportError as exc:
@@ -96,6 +107,24 @@ def _describe(exc):
     if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in message:
         message = f"{exc.filename}: {message}"
     return message
+
+
+@contextlib.contextmanager
+def _watch_sigint(interrupts):
+    """Record SIGINTs in ``interrupts`` while raising KeyboardInterrupt as Python does (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        interrupts.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 def _interrupted(args):
