@@ -10,6 +10,11 @@ Layout of ``wts.h5.zip`` (the default name keeps PtychoPINN's convention)::
 
 Loading checks the manifest, every checksum, the format version and every weight's shape against the
 architecture the config describes (docs/architecture.md), and refuses members that could hold a pickle.
+It reads nothing it has not bounded first: duplicate or unexpected members are refused, each member's
+declared size is checked before it is decompressed (manifest and config: at most 1 MiB; weights: what
+the config's architecture implies), and ``weights.h5`` may hold only the canonical datasets, stored in
+the file (no external storage, virtual datasets, soft or external links), real float32 (the probe
+complex64), checked by name, shape and dtype before any is read (docs/robustness.md).
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ import numpy as np
 
 from ptycholib import __version__
 from ptycholib._checks import check_same_keys
-from ptycholib._io import atomic_write
-from ptycholib.config import Config, ConfigError, config_from_dict, config_to_dict
+from ptycholib._io import one_line, h5_member, atomic_write, check_h5_tree, format_bytes, open_h5
+from ptycholib.config import BACKENDS, Config, ConfigError, config_from_dict, config_to_dict
 
 __all__ = [
     "ArchiveError",
@@ -48,6 +53,8 @@ FORMAT_VERSION = 1
 DEFAULT_NAME = "wts.h5.zip"
 _MEMBERS = ("config.json", "weights.h5")
 _PICKLE_SUFFIXES = (".dill", ".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib")
+_SMALL_MEMBER_BYTES = 1 << 20  # manifest.json and config.json
+_WEIGHT_DTYPES = {"physics.probe": np.dtype(np.complex64)}  # every other weight: float32
 
 
 class ArchiveError(ValueError):
@@ -142,10 +149,21 @@ def _weights_bytes(weights, input_scale):
     with h5py.File(buffer, "w") as handle:
         group = handle.create_group("weights")
         for name in sorted(weights):
-            group.create_dataset(name, data=np.asarray(weights[name]))
+            group.create_dataset(name, data=np.asarray(weights[name], dtype=_weight_dtype(name)))
         handle.attrs["input_scale"] = float(input_scale)
         handle.attrs["intensity_scale"] = float(np.exp(weights["physics.log_intensity_scale"]))
     return buffer.getvalue()
+
+
+def _weight_dtype(name):
+    return _WEIGHT_DTYPES.get(name, np.dtype(np.float32))
+
+
+def _weights_size_limit(model_config):
+    """Most bytes a ``weights.h5`` of this architecture may take: the raw weights twice, plus HDF5 overhead."""
+    shapes = canonical_shapes(model_config)
+    raw = sum(math.prod(shape) * _weight_dtype(name).itemsize for name, shape in shapes.items())
+    return 2 * raw + 8192 * len(shapes) + _SMALL_MEMBER_BYTES
 
 
 def _check_weights(weights, model_config, where):
@@ -210,11 +228,29 @@ def _open(path):
         path = path / DEFAULT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"model archive {path} does not exist.")
+    if path.stat().st_size == 0:
+        raise ArchiveError(f"{path} is empty (0 bytes); it is not a model archive.")
     try:
         zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise ArchiveError(f"{path} is not a readable zip archive (truncated or not a model file).") from None
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        if isinstance(exc, (PermissionError, IsADirectoryError)):
+            raise
+        raise ArchiveError(f"{path} is not a readable zip archive ({one_line(exc)}; truncated or not a model file).") from None
     return path, zf
+
+
+def _read_member(path, zf, name, limit):
+    """Read one member after checking its declared (decompressed) size against ``limit``."""
+    info = zf.getinfo(name)
+    if info.file_size > limit:
+        raise ArchiveError(
+            f"{path}: member {name} declares {format_bytes(info.file_size)} uncompressed, more than the "
+            f"{format_bytes(limit)} it can need; the archive is corrupt or hostile."
+        )
+    try:
+        return zf.read(info)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise ArchiveError(f"{path}: member {name} is unreadable ({one_line(exc)}); the file is truncated or corrupt.") from None
 
 
 def read_manifest(path):
@@ -225,7 +261,11 @@ def read_manifest(path):
 
 
 def _manifest(path, zf):
-    names = set(zf.namelist())
+    listed = zf.namelist()
+    names = set(listed)
+    if len(names) != len(listed):
+        duplicates = sorted({name for name in listed if listed.count(name) > 1})
+        raise ArchiveError(f"{path} has duplicate members {duplicates}; the archive was tampered with.")
     risky = sorted(n for n in names if n.lower().endswith(_PICKLE_SUFFIXES))
     if "manifest.json" not in names:
         if risky:
@@ -240,19 +280,33 @@ def _manifest(path, zf):
             f"{path} contains {', '.join(risky)}, which can hold pickled code; ptycholib never unpickles. "
             "Re-export the model with ptycholib.archive.save_model."
         )
+    unexpected = sorted(names - {"manifest.json", *_MEMBERS})
+    if unexpected:
+        raise ArchiveError(f"{path} holds unexpected members {unexpected[:5]}; a model archive holds only manifest.json, "
+                           f"{', '.join(_MEMBERS)}.")
     try:
-        manifest = json.loads(zf.read("manifest.json"))
-    except (json.JSONDecodeError, zipfile.BadZipFile, OSError) as exc:
-        raise ArchiveError(f"{path}: manifest.json is unreadable ({exc}).") from None
+        manifest = json.loads(_read_member(path, zf, "manifest.json", _SMALL_MEMBER_BYTES))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ArchiveError(f"{path}: manifest.json is unreadable ({one_line(exc)}).") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise ArchiveError(f"{path}: manifest format is {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
-                           f"expected {FORMAT_NAME!r}.")
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise ArchiveError(f"{path}: manifest format is {str(found)[:80]!r}, expected {FORMAT_NAME!r}.")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ArchiveError(f"{path}: manifest format_version is {str(version)[:80]!r}; it must be an integer >= 1.")
+    if version > FORMAT_VERSION:
         raise ArchiveError(
             f"{path} has format version {version!r}; this ptycholib ({__version__}) reads up to "
             f"{FORMAT_VERSION}. Upgrade ptycholib to load it."
         )
+    checksums = manifest.get("sha256")
+    if not (isinstance(checksums, dict) and all(isinstance(key, str) and isinstance(value, str) and len(value) == 64
+                                                for key, value in checksums.items())):
+        raise ArchiveError(f"{path}: manifest sha256 must map member names to 64-character hex strings; "
+                           f"got {str(checksums)[:80]!r}.")
+    if manifest.get("backend") not in BACKENDS:
+        raise ArchiveError(f"{path}: manifest backend is {str(manifest.get('backend'))[:80]!r}; expected one of "
+                           f"{', '.join(BACKENDS)}.")
     return manifest
 
 
@@ -268,36 +322,75 @@ def load_model(path):
         newer format version; a missing member or a SHA-256 mismatch (tampered); a config that
         fails validation; weights whose names or shapes do not match the config.
     """
-    import h5py
-
     path, zf = _open(path)
     with zf:
         manifest = _manifest(path, zf)
-        checksums = manifest.get("sha256", {})
-        data = {}
+        checksums = manifest["sha256"]
         for name in _MEMBERS:
             if name not in zf.namelist() or name not in checksums:
                 raise ArchiveError(f"{path} lacks {name}; the archive is incomplete.")
-            try:
-                data[name] = zf.read(name)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise ArchiveError(f"{path}: member {name} is unreadable ({exc}); the file is truncated or corrupt.") from None
-            if _sha256(data[name]) != checksums[name]:
-                raise ArchiveError(f"{path}: checksum of {name} does not match the manifest; the archive was modified.")
-    try:
-        config = config_from_dict(json.loads(data["config.json"]), source=f"{path}:config.json")
-    except (json.JSONDecodeError, ConfigError) as exc:
-        raise ArchiveError(f"{path}: invalid config.json ({exc}).") from None
-    with h5py.File(io.BytesIO(data["weights.h5"]), "r") as handle:
-        weights = {name: np.asarray(handle["weights"][name][()]) for name in handle["weights"]}
-        input_scale = float(handle.attrs["input_scale"])
-    _check_weights(weights, config.model, str(path))
+        text = _checked_member(path, zf, "config.json", _SMALL_MEMBER_BYTES, checksums)
+        try:
+            config = config_from_dict(json.loads(text), source=f"{path}:config.json")
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ConfigError) as exc:
+            raise ArchiveError(f"{path}: invalid config.json ({one_line(exc)}).") from None
+        raw = _checked_member(path, zf, "weights.h5", _weights_size_limit(config.model), checksums)
+    weights, input_scale = _read_weights(raw, config.model, path)
     parent = manifest.get("parent")
     if parent is not None and not (isinstance(parent, dict) and all(isinstance(parent.get(k), str)
                                                                      for k in ("name", "sha256"))):
         raise ArchiveError(f"{path}: manifest parent must be {{'name': str, 'sha256': str}}; got {parent!r}.")
     return ModelArchive(config=config, weights=weights, input_scale=input_scale, backend=manifest.get("backend", ""),
                         manifest=manifest, parent=parent)
+
+
+def _checked_member(path, zf, name, limit, checksums):
+    data = _read_member(path, zf, name, limit)
+    if _sha256(data) != checksums[name]:
+        raise ArchiveError(f"{path}: checksum of {name} does not match the manifest; the archive was modified.")
+    return data
+
+
+def _read_weights(raw, model_config, path):
+    """Read ``weights.h5`` bytes: structure, names, shapes and dtypes checked before any weight is read."""
+    import h5py
+
+    where = f"{path}:weights.h5"
+    try:
+        handle = open_h5(io.BytesIO(raw), where)
+    except ValueError as exc:
+        raise ArchiveError(str(exc)) from None
+    try:
+        with handle:
+            if set(handle) != {"weights"}:
+                raise ArchiveError(f"{where} holds {sorted(handle)[:5]}; a model's weights file holds only the group 'weights'.")
+            group = h5_member(handle, "weights", where)
+            if not isinstance(group, h5py.Group):
+                raise ArchiveError(f"{where}: 'weights' is not a group.")
+            datasets = check_h5_tree(group, where, kinds="fc", max_depth=0)
+            found = {name.rpartition("/")[2]: dataset for name, dataset in datasets.items()}
+            check_same_keys(found, canonical_shapes(model_config), f"{where}: weights do not match the configured "
+                            f"architecture (N={model_config.N}, gridsize={model_config.gridsize}, n_filters_scale="
+                            f"{model_config.n_filters_scale})", error=ArchiveError)
+            for name, shape in canonical_shapes(model_config).items():
+                dataset = found[name]
+                if dataset.shape != shape or dataset.dtype != _weight_dtype(name):
+                    raise ArchiveError(f"{where}: weight {name} has shape {dataset.shape} and dtype {dataset.dtype} but the "
+                                       f"config needs {shape} {_weight_dtype(name)}.")
+            weights = {name: np.asarray(dataset[()]) for name, dataset in found.items()}
+            input_scale = handle.attrs.get("input_scale")
+    except ValueError as exc:  # check_h5_tree's refusals; ArchiveError passes through unchanged
+        raise exc if isinstance(exc, ArchiveError) else ArchiveError(str(exc)) from None
+    except (OSError, RuntimeError) as exc:  # h5py's errors on corrupt structures
+        raise ArchiveError(f"{where} is corrupt ({one_line(exc)}).") from None
+    try:
+        input_scale = float(np.asarray(input_scale).item())
+    except (TypeError, ValueError):
+        input_scale = math.nan
+    if not (math.isfinite(input_scale) and input_scale > 0):
+        raise ArchiveError(f"{where}: attribute input_scale must be a positive number; got {input_scale!r}.")
+    _check_weights(weights, model_config, str(path))
+    return weights, input_scale
 
 
 def file_sha256(path):

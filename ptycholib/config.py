@@ -48,6 +48,10 @@ LR_SCHEDULES = ("constant", "plateau", "cosine", "onecycle")
 LOGGERS = ("csv", "mlflow", "none")
 PRECISIONS = ("32", "bf16-mixed")
 WEIGHTINGS = ("crop", "probe")
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+STRATEGIES = ("auto", "single_device", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "mirrored")
+MAX_SEED = 2**32 - 1
+_MAX_CONFIG_BYTES = 1 << 20
 
 
 class ConfigError(ValueError):
@@ -60,7 +64,10 @@ def _require(condition, message):
 
 
 def _check_choice(name, value, allowed):
-    _require(value in allowed, f"{name}={value!r} is not supported; allowed values: {', '.join(map(repr, allowed))}.")
+    _require(
+        isinstance(value, (str, int, float)) and value in allowed,
+        f"{name}={_short(value)} is not supported; allowed values: {', '.join(map(repr, allowed))}.",
+    )
 
 
 def _check_positive_int(name, value):
@@ -72,6 +79,21 @@ def _check_positive_int(name, value):
 
 def _check_bool(name, value):
     _require(isinstance(value, bool), f"{name}={value!r} must be true or false.")
+
+
+def _check_path(name, value, *, optional=False):
+    if value is None and optional:
+        return
+    _require(
+        isinstance(value, str) and value.strip() and "\x00" not in value and len(value) <= 4096,
+        f"{name}={_short(value)} must be a file path (a non-empty string){' or null' if optional else ''}.",
+    )
+
+
+def _short(value):
+    """``repr`` of a value for messages, cut to 80 characters (values may come from hostile files)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(frozen=True)
@@ -216,7 +238,7 @@ class TrainingConfig:
     learning_rate : float
         Adam learning rate.
     seed : int
-        Seeds grouping, initial weights, shuffling and the validation split.
+        Seeds grouping, initial weights, shuffling and the validation split; in [0, 2**32 - 1].
     backend : str
         ``"torch"`` or ``"tensorflow"``.
     stages : tuple of Stage
@@ -250,7 +272,10 @@ class TrainingConfig:
         With early stopping, end training with the weights of the epoch of lowest validation loss
         (``best_epoch`` of the last history record), whether or not training stopped early.
     accelerator, devices, strategy : str, int, str
-        Where training runs (Lightning names; the TF backend maps them to a tf.distribute strategy).
+        Where training runs (Lightning names; the TF backend maps them to a tf.distribute strategy):
+        accelerator ``"cpu"``, ``"gpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``; strategy ``"auto"``,
+        ``"single_device"``, ``"ddp"``, ``"ddp_spawn"``, ``"ddp_find_unused_parameters_true"`` or
+        ``"mirrored"`` (TensorFlow's name for ``"ddp"``).
     logger : str
         ``"csv"``, ``"mlflow"`` (needs the mlflow extra) or ``"none"``.
     precision : str
@@ -325,7 +350,10 @@ class TrainingConfig:
             _is_real(self.learning_rate) and self.learning_rate > 0,
             f"learning_rate={self.learning_rate!r} must be a positive number.",
         )
-        _require(isinstance(self.seed, int) and not isinstance(self.seed, bool), f"seed={self.seed!r} must be an integer.")
+        _require(
+            isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
+            f"seed={_short(self.seed)} must be an integer in [0, 2**32 - 1].",
+        )
         _check_choice("backend", self.backend, BACKENDS)
         _check_choice("physics_weight_schedule", self.physics_weight_schedule, SCHEDULES)
         _require(
@@ -358,6 +386,11 @@ class TrainingConfig:
             _check_positive_int("early_stopping_patience", self.early_stopping_patience)
         _check_bool("early_stopping_restore_best", self.early_stopping_restore_best)
         _check_positive_int("devices", self.devices)
+        _check_choice("accelerator", self.accelerator, ACCELERATORS)
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_path("train_data_file", self.train_data_file, optional=True)
+        _check_path("test_data_file", self.test_data_file, optional=True)
+        _check_path("output_dir", self.output_dir)
         _check_choice("logger", self.logger, LOGGERS)
         _check_choice("precision", self.precision, PRECISIONS)
         if self.stages:
@@ -485,17 +518,84 @@ def config_from_dict(values, *, source="config"):
     return Config(**built)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` without aliases or anchors, and with duplicate keys reported.
+
+    Aliases let a few hundred bytes expand into gigabytes ("billion laughs"); a config never needs
+    them. A repeated key would silently keep the last value.
+    """
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            mark = event.start_mark
+            raise ConfigError(
+                f"YAML anchors and aliases (&name, *name) are not allowed in a config (line {mark.line + 1}, "
+                f"column {mark.column + 1}); write the values out."
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key; SafeLoader reports it below
+                break
+            if duplicate:
+                mark = key_node.start_mark
+                raise ConfigError(f"duplicate key {_short(key)} at line {mark.line + 1}, column {mark.column + 1}; "
+                                  "each key may appear once.")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text):
+    """Parse YAML with `_StrictLoader` (no aliases, no duplicate keys)."""
+    loader = _StrictLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _reject_duplicate_json_keys(pairs):
+    keys = [key for key, _ in pairs]
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        raise ConfigError(f"duplicate keys {duplicates}; each key may appear once.")
+    return dict(pairs)
+
+
 def load_config(path):
-    """Read a config file (``.json``, ``.yaml`` or ``.yml``) into a validated `Config`."""
+    """Read a config file (``.json``, ``.yaml`` or ``.yml``) into a validated `Config`.
+
+    Files larger than 1 MiB are refused unread; YAML is parsed by a safe loader that refuses
+    anchors and aliases; duplicate keys are errors in both formats.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ConfigError
+        Too large, not UTF-8, not valid JSON/YAML, aliases, duplicate keys, or invalid values.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist.")
-    text = path.read_text()
+    size = path.stat().st_size
+    _require(size <= _MAX_CONFIG_BYTES, f"{path} is {size} bytes; a config file is at most {_MAX_CONFIG_BYTES} bytes.")
+    kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
-        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
-    return config_from_dict(values or {}, source=str(path))
+        text = path.read_bytes().decode("utf-8")
+        values = json.loads(text, object_pairs_hook=_reject_duplicate_json_keys) if kind == "JSON" else _load_yaml(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError, RecursionError) as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(f"{path} is not valid {kind}: {detail}") from None
+    return config_from_dict(values if values is not None else {}, source=str(path))
 
 
 def save_config(config, path):
@@ -531,8 +631,8 @@ def _parse_text(text):
         except ValueError:
             pass
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return _load_yaml(text)
+    except (yaml.YAMLError, RecursionError):
         return text
 
 

@@ -10,7 +10,9 @@ Measurement domain (SPEC 4.1): integer arrays are counts by definition; a float 
 ``measurement=`` argument, never guessed. ptychodus always stores counts; its files are read by
 `ptycholib.ptychodus.files`.
 
-Files are read with ``allow_pickle=False`` and written atomically (temporary file, then rename).
+Files are read with ``allow_pickle=False`` after `ptycholib._io.open_npz` has checked the zip directory
+and every array header (no duplicate members, no object arrays, declared sizes within bounds), and
+written atomically (temporary file, then rename).
 
 Several objects in one file (``simulate --n-objects K``): the K objects are tiles of one mosaic canvas
 ``objectGuess``, side by side with a gap of vacuum (modulus 1, phase 0) so that no N x N window
@@ -31,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ptycholib._checks import check_finite, check_nonnegative, check_same_length, check_shape, describe
-from ptycholib._io import atomic_write
+from ptycholib._io import atomic_write, open_npz
 
 __all__ = [
     "PtychoData",
@@ -375,6 +377,14 @@ def _read_key(npz, key, where):
         ) from None
 
 
+def _check_real(array, key, where):
+    """Refuse a pattern array that is not real numbers (strings, complex) before any arithmetic on it."""
+    if array.dtype.kind not in "biuf":
+        kind = "complex" if array.dtype.kind == "c" else "not numeric"
+        raise ValueError(f"{key} in {where} has dtype {array.dtype} ({kind}); patterns must be real numbers (counts or amplitudes).")
+    return array
+
+
 def _require(npz, key, where, why):
     if key not in npz.files:
         found = ", ".join(sorted(npz.files)) or "nothing"
@@ -460,18 +470,22 @@ def load_npz(path, *, measurement=None):
 
     Raises
     ------
+    FileNotFoundError
+        No such file.
     ValueError
-        For a missing key, an unknown measurement domain, or any validation failure of
-        `PtychoData`; the message names the key and the file.
+        For a file that is empty, truncated, not an NPZ or refused by `ptycholib._io.open_npz`
+        (duplicate members, pickled arrays, declared sizes beyond the limit), a missing key, a
+        pattern array that is not real numbers, an unknown measurement domain, or any validation
+        failure of `PtychoData`; the message names the key and the file.
     """
     path = Path(path)
     where = path.name
-    with np.load(path, allow_pickle=False) as npz:
+    with open_npz(path, what="data file", unread=("_metadata",)) as npz:
         keys = set(npz.files)
         if {"diff3d", "diffraction"} <= keys:
             raise ValueError(f"{where} has both 'diff3d' and 'diffraction'; keep one pattern array.")
         pattern_key = "diffraction" if "diffraction" in keys else "diff3d"
-        patterns = _require(npz, pattern_key, where, "it holds the diffraction patterns")
+        patterns = _check_real(_require(npz, pattern_key, where, "it holds the diffraction patterns"), pattern_key, where)
         metadata = _read_metadata(npz, where)
         if "_metadata" in keys:
             warnings.warn(f"skipping _metadata in {where}: a pickled object array, which ptycholib never reads.", stacklevel=2)

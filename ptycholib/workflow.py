@@ -16,7 +16,7 @@ import numpy as np
 
 from ptycholib import archive as archive_io
 from ptycholib import forward, grouping, metrics, reassemble
-from ptycholib._io import atomic_write
+from ptycholib._io import atomic_write, open_npz
 from ptycholib.archive import ModelArchive
 from ptycholib.backends import get_backend
 
@@ -222,12 +222,30 @@ def build_backend_model(model, backend=None):
     return backend, net
 
 
+_MAX_CANVAS_PIXELS = 2**28
+"""Largest object canvas `canvas_shape_for` derives from positions alone (about 2 GiB as complex64)."""
+
+
 def canvas_shape_for(data):
-    """Object canvas of a data set: the true object's shape, or the scan's extent plus a half window."""
+    """Object canvas of a data set: the true object's shape, or the scan's extent plus a half window.
+
+    Raises
+    ------
+    ValueError
+        Without ``objectGuess``, when the positions imply a canvas above ``_MAX_CANVAS_PIXELS`` (2**28)
+        (checked before anything is allocated).
+    """
     if data.obj is not None:
         return data.obj.shape
     half = data.amplitudes.shape[-1] // 2
-    return (int(np.ceil(data.y_px.max())) + half + 2, int(np.ceil(data.x_px.max())) + half + 2)
+    rows, cols = float(np.ceil(data.y_px.max())) + half + 2, float(np.ceil(data.x_px.max())) + half + 2
+    if rows * cols > _MAX_CANVAS_PIXELS:
+        raise ValueError(
+            f"positions reach x={data.x_px.max():g}, y={data.y_px.max():g} px, so the object canvas would be "
+            f"{rows:.0f} x {cols:.0f} px, more than the {_MAX_CANVAS_PIXELS} px ptycholib builds from positions "
+            "alone; check that positions are in object pixels (not metres or nm), or give objectGuess."
+        )
+    return int(rows), int(cols)
 
 
 @dataclass
@@ -291,6 +309,7 @@ def reconstruct(model, data, *, backend=None, inference=None, progress=False):
             f"the data's patterns are {data.amplitudes.shape[-1]} px but the model was trained for "
             f"N={saved.config.model.N}."
         )
+    canvas_shape = canvas_shape_for(data)  # refuses absurd positions before any work
     chosen, net = build_backend_model(saved, backend or inference.backend)
     begin = time.perf_counter()
     groups = inference_groups(data, saved.config.model, saved.config.training.neighbor_count)
@@ -301,7 +320,7 @@ def reconstruct(model, data, *, backend=None, inference=None, progress=False):
     inference_seconds = time.perf_counter() - start
     start = time.perf_counter()
     obj, weights = reassemble.reassemble_patches(
-        patches, data.x_px[grouped.indices], data.y_px[grouped.indices], canvas_shape_for(data),
+        patches, data.x_px[grouped.indices], data.y_px[grouped.indices], canvas_shape,
         crop_size=inference.crop_size, weighting=inference.weighting, probe=saved.probe,
     )
     reassembly_seconds = time.perf_counter() - start
@@ -362,7 +381,7 @@ def load_reconstruction(path):
     if not path.is_file():
         raise FileNotFoundError(f"reconstruction file {path} does not exist.")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with open_npz(path, what="reconstruction file") as npz:
             if "object" not in npz.files:
                 found = ", ".join(sorted(npz.files)) or "nothing"
                 raise KeyError(f"{path.name} has no 'object' array (found: {found}); it is not a reconstruction.")
@@ -372,8 +391,6 @@ def load_reconstruction(path):
         raise ValueError(exc.args[0]) from None
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path.name} is not a readable NPZ file ({exc}); is it truncated?") from None
-    except ValueError as exc:
-        raise ValueError(f"{path.name} cannot be read without unpickling ({exc}); re-save it with plain arrays.") from None
     metadata = {}
     if raw is not None:
         try:

@@ -164,3 +164,27 @@ def test_failed_save_overwrites_nothing(saved, rng):
         archive.save_model(path, ModelArchive(model.config, nan_weights, 0.5, "torch"))
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_weights_are_stored_as_float32_and_complex64(tmp_path, rng):
+    model = make_archive(rng)
+    wide = {name: value.astype(np.complex128 if name == "physics.probe" else np.float64) for name, value in model.weights.items()}
+    path = archive.save_model(tmp_path / "wts.h5.zip", ModelArchive(model.config, wide, 0.5, "torch"))
+    loaded = archive.load_model(path)
+    assert {str(v.dtype) for k, v in loaded.weights.items() if k != "physics.probe"} == {"float32"}
+    assert loaded.weights["physics.probe"].dtype == np.complex64
+
+
+def test_unexpected_members_and_bad_manifest_fields(saved, tmp_path):
+    _, path = saved
+    extra = _rewrite(path, tmp_path / "extra.zip", {"notes.txt": b"hi"})
+    with pytest.raises(ArchiveError, match=r"unexpected members \['notes.txt'\]"):
+        archive.load_model(extra)
+    with zipfile.ZipFile(path) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+    for field, value, message in (("format_version", 0, "format_version is '0'"),
+                                  ("sha256", {"config.json": "x"}, "sha256 must map"),
+                                  ("backend", "jax", "manifest backend is 'jax'")):
+        bad = _rewrite(path, tmp_path / f"{field}.zip", {"manifest.json": json.dumps(dict(manifest, **{field: value}))})
+        with pytest.raises(ArchiveError, match=message):
+            archive.read_manifest(bad)

@@ -107,3 +107,63 @@ def test_field_table_documents_every_field():
     assert len(rows) == sum(len(dataclasses.fields(c)) for c in (ModelConfig, TrainingConfig, config.InferenceConfig))
     undocumented = [name for _, name, _, text in rows if not text]
     assert not undocumented
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("accelerator=quantum", "accelerator='quantum' is not supported; allowed values: 'cpu'"),
+        ("strategy=evil", "strategy='evil' is not supported"),
+        ("accelerator=[1, 2]", "accelerator=.* is not supported"),
+        ("seed=-1", r"seed=-1 must be an integer in \[0, 2\*\*32 - 1\]"),
+        ("seed=4294967296", "seed=4294967296 must be"),
+        ("output_dir=[1]", r"output_dir=\[1\] must be a file path"),
+        ("output_dir=''", "output_dir='' must be a file path"),
+        ("train_data_file={a: 1}", "train_data_file=.* must be a file path"),
+    ],
+)
+def test_free_typed_fields_are_validated(override, message):
+    with pytest.raises(ConfigError, match=message):
+        config.apply_overrides(Config(), [override])
+
+
+def test_known_devices_and_paths_pass():
+    cfg = config.apply_overrides(Config(), ["accelerator=gpu", "strategy=ddp", "seed=4294967295", "train_data_file=a.npz"])
+    assert (cfg.training.accelerator, cfg.training.strategy, cfg.training.seed) == ("gpu", "ddp", 2**32 - 1)
+    assert config.apply_overrides(Config(), ["strategy=mirrored", "train_data_file=null"]).training.train_data_file is None
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("training: &t {nepochs: 3}\ninference: *t\n", r"anchors and aliases .*line 1, column 11"),
+        ("a: &a [1, 2]\ntraining: {stages: *a}\n", "anchors and aliases"),
+        ("training:\n  nepochs: 3\n  nepochs: 4\n", "duplicate key 'nepochs' at line 3"),
+        ("model: {}\nmodel: {}\n", "duplicate key 'model' at line 2"),
+        ("training:\n  <<: {nepochs: 3}\n", "not valid YAML"),
+    ],
+)
+def test_yaml_refuses_aliases_and_duplicate_keys(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        config.load_config(path)
+
+
+def test_json_duplicates_size_and_depth_are_refused(tmp_path):
+    dup = tmp_path / "dup.json"
+    dup.write_text('{"training": {"seed": 1, "seed": 2}}')
+    with pytest.raises(ConfigError, match=r"duplicate keys \['seed'\]"):
+        config.load_config(dup)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 50000 + "]" * 50000)
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        config.load_config(deep)
+    big = tmp_path / "big.yaml"
+    big.write_text("#" * (2**20 + 1))
+    with pytest.raises(ConfigError, match="a config file is at most 1048576 bytes"):
+        config.load_config(big)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load_config(binary)

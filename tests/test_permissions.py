@@ -15,6 +15,7 @@ import pytest
 from ptycholib import archive, data, workflow
 from ptycholib._io import atomic_write
 from ptycholib.archive import ModelArchive
+from ptycholib.backends import is_available
 from ptycholib.config import Config, apply_overrides, save_config
 
 
@@ -183,3 +184,24 @@ def test_concurrent_writers_never_leave_a_mixed_file(tmp_path):
     text = target.read_text()
     assert len(text) == 10_000 and len(set(text)) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+@pytest.mark.skipif(not is_available("torch"), reason="needs the torch backend")
+def test_files_the_commands_write_follow_the_umask(tmp_path, umask022, capsys):
+    """End to end: every file ``simulate``, ``train``, ``reconstruct`` and ``ptychodus settings`` write is 0644 under umask 022."""
+    from ptycholib.cli import main
+
+    scans, model = tmp_path / "scans", tmp_path / "model"
+    assert main(["simulate", "--n-train", "36", "--n-test", "16", "--nphotons", "1e6", "--step-px", "4",
+                 "--out", str(scans)]) == 0
+    assert main(["train", "--data", str(scans / "train.npz"), "--backend", "torch", "--out", str(model), "--no-progress",
+                 "n_filters_scale=1", "n_groups=8", "nepochs=1", "batch_size=8"]) == 0
+    assert main(["reconstruct", "--model", str(model), "--data", str(scans / "test.npz"),
+                 "--out", str(tmp_path / "recon" / "recon.npz")]) == 0
+    assert main(["ptychodus", "settings", str(tmp_path / "settings.ini")]) == 0
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    names = {p.name for p in written}
+    assert {"train.npz", "test.npz", "wts.h5.zip", "history.csv", "recon.npz", "settings.ini"} <= names
+    assert {str(p.relative_to(tmp_path)): oct(_mode(p)) for p in written if _mode(p) != 0o644} == {}
+    folders = [p for p in tmp_path.rglob("*") if p.is_dir()]
+    assert {str(p.relative_to(tmp_path)): oct(_mode(p)) for p in folders if _mode(p) != 0o755} == {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ptycholib import archive, data, refine, workflow
-from ptycholib.cli._common import add_backend, add_measurement, require_at_least_one
+from ptycholib.cli._common import add_backend, add_measurement, check_output_file, require_at_least_one
 
 __all__ = ["register", "run"]
 
@@ -34,6 +34,7 @@ def register(subparsers):
 
 def run(args):
     """Reconstruct ``args.data`` with the model ``args.model`` and write ``args.out``; return the exit status."""
+    check_output_file(args.out)
     model = archive.load_model(args.model)
     inference = model.config.inference
     if args.batch_size is not None:

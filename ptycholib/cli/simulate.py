@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ptycholib import data, simulate
+from ptycholib.cli._common import check_output_folder, output_folder, require_finite
 
 __all__ = ["register", "run"]
 
@@ -58,14 +57,15 @@ _SAME_NAMES = (
 
 def run(args):
     """Simulate ``args.out``/train.npz and test.npz; return the exit status."""
+    _check_numbers(args)
+    check_output_folder(args.out)
     options = {name: getattr(args, name) for name in _SAME_NAMES}
     train, test = simulate.simulate_train_test(
         object_kind=args.object, probe_kind=args.probe, noise=not args.noiseless, **options
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, dataset in (("train", train), ("test", test)):
-        path = data.save_npz(dataset, out / f"{name}.npz")
+    with output_folder(args.out) as out:
+        paths = [data.save_npz(dataset, out / f"{name}.npz") for name, dataset in (("train", train), ("test", test))]
+    for path, dataset in zip(paths, (train, test)):
         rows, cols = dataset.obj.shape
         n_objects = 1 if dataset.object_index is None else int(dataset.object_index.max()) + 1
         objects = f"{args.object} object" if n_objects == 1 else f"{n_objects} {args.object} objects on a mosaic"
@@ -74,3 +74,14 @@ def run(args):
             f"{objects} {rows} x {cols} px, {args.nphotons:g} photons per pattern, seed {args.seed}"
         )
     return 0
+
+
+def _check_numbers(args):
+    """Refuse non-finite and out-of-range floats before simulating (one line, exit 2; counts are checked by simulate)."""
+    require_finite(args.nphotons, "--nphotons", above=0)
+    require_finite(args.step_px, "--step-px", above=0)
+    require_finite(args.jitter_px, "--jitter-px", minimum=0)
+    require_finite(args.beamstop_radius_px, "--beamstop-radius-px", minimum=0)
+    require_finite(args.bad_pixel_fraction, "--bad-pixel-fraction", minimum=0, below=1)
+    if not 0 <= args.seed <= 2**32 - 1:
+        raise ValueError(f"--seed={args.seed} must be in [0, 2**32 - 1].")

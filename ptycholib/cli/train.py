@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from pathlib import Path
 
 from ptycholib import archive, data, workflow
-from ptycholib.cli._common import add_backend, add_measurement
+from ptycholib.cli._common import add_backend, add_measurement, check_output_folder, output_folder
 from ptycholib.config import Config, apply_overrides, load_config
 
 __all__ = ["register", "run"]
@@ -42,6 +41,7 @@ def register(subparsers):
 
 def run(args):
     """Train on ``args.data`` and write the model and history to ``args.out``; return the exit status."""
+    check_output_folder(args.out)
     parent = archive.load_model(args.init) if args.init else None
     config = load_config(args.config) if args.config else (parent.config if parent else Config())
     if parent is not None:
@@ -53,10 +53,9 @@ def run(args):
     if parent is not None:
         config, initial_weights, parent_record = workflow.fine_tuning_start(parent, dataset, config,
                                                                             parent_path=args.init)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    trained = workflow.train_model(dataset, config, initial_weights=initial_weights, log_dir=out / "logs",
-                                   progress=not args.no_progress)
+    with output_folder(args.out) as out:  # removed again if training is refused and the folder is new
+        trained = workflow.train_model(dataset, config, initial_weights=initial_weights, log_dir=out / "logs",
+                                       progress=not args.no_progress)
     saved = dataclasses.replace(trained.archive, parent=parent_record)
     path = archive.save_model(out / archive.DEFAULT_NAME, saved)
     history_path = out / "history.csv"

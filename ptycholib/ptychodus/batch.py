@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from ptycholib import archive
+from ptycholib.ptychodus.files import check_ptychodus_pair
 from ptycholib.ptychodus.reconstructor import LIBRARY_NAME, MODEL_FILE_EXTENSION, PtycholibReconstructorLibrary
 from ptycholib.ptychodus.settings import read_algorithm
 
@@ -204,6 +205,7 @@ def run_batch(action, input_dir, output_dir, *, algorithm=None, model_path=None,
     missing = [name for name in ("diffraction.h5", "product.h5") if not (input_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{input_dir} lacks {' and '.join(missing)}; ptychodus's batch mode needs both.")
+    check_ptychodus_pair(input_dir / "diffraction.h5", input_dir / "product.h5")  # before ptychodus reads them
     if settings_file is not None and not Path(settings_file).is_file():
         raise FileNotFoundError(f"settings file {settings_file} does not exist.")
     chosen = (algorithm or read_algorithm(input_dir / "settings.ini")

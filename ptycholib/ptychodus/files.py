@@ -15,6 +15,10 @@ the ``history.csv`` that ptychodus's ``train`` leaves beside the model.
 Pixel convention: ptychodus puts a window's centre at index ``(N - 1) / 2`` of the probe array, we
 at ``N // 2`` (SPEC 3), so positions move by ``+0.5`` for even N (`ptychodus_px_to_object_px`).
 
+Every HDF5 dataset is checked before it is read (`ptycholib._io.check_h5_dataset`): no soft or
+external links, no external storage, no virtual datasets, plain numeric dtypes, and a declared size
+within `ptycholib._io.max_array_bytes`; a truncated or foreign file is one `ValueError` line naming it.
+
 Only numpy and h5py are imported here (h5py when a file is opened); ``ptychodus`` is imported by
 `load_reconstruct_input` and, for an HDF5 folder, `load_training_data`.
 """
@@ -27,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ptycholib._io import check_h5_dataset, format_bytes, max_array_bytes, one_line, open_h5, open_npz
 from ptycholib.data import (
+    _check_real,
     _construct,
     _first_mode,
     _mode_power_fraction,
@@ -39,6 +45,7 @@ from ptycholib.data import (
 
 __all__ = [
     "TRAINING_DATA_NAME",
+    "check_ptychodus_pair",
     "iter_ptychodus_h5",
     "load_ptychodus_h5",
     "load_ptychodus_npz",
@@ -139,8 +146,8 @@ def load_ptychodus_npz(path):
     path = Path(path)
     where = path.name
     metadata = {"source": "ptychodus training-data NPZ", "converted_from": "intensity"}
-    with np.load(path, allow_pickle=False) as npz:
-        counts = _require(npz, "diff3d", where, "it holds the diffraction counts")
+    with open_npz(path, what="ptychodus training-data file") as npz:
+        counts = _check_real(_require(npz, "diff3d", where, "it holds the diffraction counts"), "diff3d", where)
         x_px = _require(npz, "xcoords", where, "every pattern needs a position")
         y_px = _require(npz, "ycoords", where, "every pattern needs a position")
         probe_modes = _require(npz, "probeGuess", where, "ptychodus always exports the probe")
@@ -160,13 +167,25 @@ def load_ptychodus_npz(path):
 # diffraction.h5 + product.h5 with h5py
 
 
-def _h5_dataset(h5file, key, where):
+def _h5_dataset(h5file, key, where, *, kinds="biufc", optional=False):
     import h5py
 
+    link = h5file.get(key, getlink=True)
+    if link is None and optional:
+        return None
+    if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+        kind, target = ("a soft link", link.path) if isinstance(link, h5py.SoftLink) else ("an external link", f"{link.filename}:{link.path}")
+        raise ValueError(f"'{key}' in {where} is {kind} (to {target}); ptycholib reads only datasets stored in the file.")
     item = h5file.get(key)
     if not isinstance(item, h5py.Dataset):
         found = ", ".join(sorted(h5file.keys())) or "nothing"
         raise ValueError(f"{where} has no '{key}' dataset (found: {found}); is this a ptychodus file?")
+    check_h5_dataset(item, where, kinds=kinds)
+    n_bytes = int(np.prod(item.shape, dtype=np.float64)) * item.dtype.itemsize
+    limit = max_array_bytes()
+    if n_bytes > limit:
+        raise ValueError(f"'{key}' in {where} declares shape {item.shape} ({format_bytes(n_bytes)}), more than the "
+                         f"{format_bytes(limit)} one array may take here (PTYCHOLIB_MAX_ARRAY_BYTES).")
     return item
 
 
@@ -178,10 +197,17 @@ def _h5_attr(dataset, key, where):
 
 def _read_product(product_path, patch_size):
     """Read probe, object, positions (our pixels) and metadata from a ptychodus ``product.h5``."""
-    import h5py
-
     where = Path(product_path).name
-    with h5py.File(product_path, "r") as h5file:
+    try:
+        return _read_product_file(product_path, where, patch_size)
+    except OSError as exc:  # a corrupt dataset: h5py's message does not name the file
+        if isinstance(exc, (FileNotFoundError, PermissionError)):
+            raise
+        raise ValueError(f"{where} is corrupt ({one_line(exc)}).") from None
+
+
+def _read_product_file(product_path, where, patch_size):
+    with open_h5(product_path, where, what="ptychodus product file") as h5file:
         obj_dataset = _h5_dataset(h5file, "object", where)
         layers = np.asarray(obj_dataset[()])
         obj = layers if layers.ndim == 2 else layers.reshape((-1,) + layers.shape[-2:])[0]
@@ -192,9 +218,9 @@ def _read_product(product_path, patch_size):
         probe_pixel_m = tuple(
             float(probe_dataset.attrs.get(key, default)) for key, default in zip(("pixel_width_m", "pixel_height_m"), pixel_size_m)
         )
-        indexes = np.asarray(_h5_dataset(h5file, "probe_position_indexes", where)[()])
-        x_m = np.asarray(_h5_dataset(h5file, "probe_position_x_m", where)[()], dtype=np.float64)
-        y_m = np.asarray(_h5_dataset(h5file, "probe_position_y_m", where)[()], dtype=np.float64)
+        indexes = np.asarray(_h5_dataset(h5file, "probe_position_indexes", where, kinds="iu")[()])
+        x_m = np.asarray(_h5_dataset(h5file, "probe_position_x_m", where, kinds="iuf")[()], dtype=np.float64)
+        y_m = np.asarray(_h5_dataset(h5file, "probe_position_y_m", where, kinds="iuf")[()], dtype=np.float64)
         attributes = {key: h5file.attrs[key] for key in ("name", "photon_energy_eV", "detector_object_distance_m") if key in h5file.attrs}
     if not np.allclose(probe_pixel_m, pixel_size_m, rtol=1e-6, atol=0):
         raise ValueError(
@@ -216,6 +242,37 @@ def _read_product(product_path, patch_size):
         probe_mode0_power_fraction=_mode_power_fraction(flat_modes),
     )
     return {"probe": flat_modes[0], "obj": obj, "indexes": indexes, "x_px": x_px, "y_px": y_px, "metadata": metadata}
+
+
+def check_ptychodus_pair(diffraction_path, product_path):
+    """Check the structure of a ptychodus ``diffraction.h5`` + ``product.h5`` pair without reading its arrays.
+
+    Run before ptychodus's own readers see the files (``ptycholib ptychodus reconstruct|train``):
+    both files must open as HDF5, and every dataset ptycholib or ptychodus reads must exist, be
+    stored in the file (no soft or external links, external storage or virtual datasets), hold
+    plain numbers and declare a size within `ptycholib._io.max_array_bytes`.
+
+    Raises
+    ------
+    FileNotFoundError
+        A file is missing.
+    ValueError
+        One line naming the file and the dataset.
+    """
+    where = Path(diffraction_path).name
+    with open_h5(diffraction_path, where, what="ptychodus diffraction file") as h5file:
+        patterns = _h5_dataset(h5file, "patterns", where, kinds="biuf")
+        if patterns.ndim != 3:
+            raise ValueError(f"patterns in {where} have shape {patterns.shape}; expected (M, N, N).")
+        _h5_dataset(h5file, "indexes", where, kinds="iu")
+        _h5_dataset(h5file, "bad_pixels", where, kinds="biu", optional=True)
+    where = Path(product_path).name
+    with open_h5(product_path, where, what="ptychodus product file") as h5file:
+        for key in ("object", "probe"):
+            _h5_dataset(h5file, key, where)
+        _h5_dataset(h5file, "probe_position_indexes", where, kinds="iu")
+        for key in ("probe_position_x_m", "probe_position_y_m"):
+            _h5_dataset(h5file, key, where, kinds="iuf")
 
 
 def _pair_by_index(pattern_indexes, position_indexes, x_px, y_px, where):
@@ -240,17 +297,18 @@ class _PtychodusPair:
     """Open a ptychodus diffraction/product pair and read patterns by index ranges."""
 
     def __init__(self, diffraction_path, product_path):
-        import h5py
-
         self.where = Path(diffraction_path).name
-        self.file = h5py.File(diffraction_path, "r")
+        self.file = open_h5(diffraction_path, self.where, what="ptychodus diffraction file")
         try:
-            self.patterns = _h5_dataset(self.file, "patterns", self.where)
+            self.patterns = _h5_dataset(self.file, "patterns", self.where, kinds="biuf")
             if self.patterns.ndim != 3:
                 raise ValueError(f"patterns in {self.where} have shape {self.patterns.shape}; expected (M, N, N).")
-            indexes = np.asarray(_h5_dataset(self.file, "indexes", self.where)[()])
-            bad_pixels = self.file.get("bad_pixels")
+            indexes = np.asarray(_h5_dataset(self.file, "indexes", self.where, kinds="iu")[()])
+            bad_pixels = _h5_dataset(self.file, "bad_pixels", self.where, kinds="biu", optional=True)
             self.bad_pixels = None if bad_pixels is None else np.asarray(bad_pixels[()], dtype=bool)
+            if self.bad_pixels is not None and self.bad_pixels.shape != self.patterns.shape[-2:]:
+                raise ValueError(f"bad_pixels in {self.where} has shape {self.bad_pixels.shape}; the patterns are "
+                                 f"{self.patterns.shape[-2:]}.")
             product = _read_product(product_path, self.patterns.shape[-1])
             self.found, self.x_px, self.y_px = _pair_by_index(
                 indexes, product.pop("indexes"), product.pop("x_px"), product.pop("y_px"), self.where
@@ -262,7 +320,10 @@ class _PtychodusPair:
 
     def read(self, start, stop):
         keep = self.found[start:stop]
-        counts = self.patterns[start:stop][keep]
+        try:
+            counts = self.patterns[start:stop][keep]
+        except OSError as exc:  # a corrupt chunk: h5py's message does not name the file
+            raise ValueError(f"patterns {start}:{stop} in {self.where} are unreadable ({one_line(exc)}).") from None
         if self.bad_pixels is not None:
             counts[..., self.bad_pixels] = 0
         amplitudes = counts_to_amplitudes(counts, name="patterns", where=self.where)
@@ -406,7 +467,7 @@ def load_training_data(folder):
     folder = Path(folder)
     npz_path = folder / TRAINING_DATA_NAME
     if npz_path.is_file():
-        with np.load(npz_path, allow_pickle=False) as npz:
+        with open_npz(npz_path, what="training data file") as npz:
             keys = set(npz.files)
         if "metadata" not in keys and "bad_pixels" in keys:
             return load_ptychodus_npz(npz_path), npz_path  # ptychodus's PtychoPINN export: counts
