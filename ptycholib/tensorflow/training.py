@@ -32,6 +32,7 @@ from . import network, physics
 __all__ = ["train", "predict_patches", "loss_gradients"]
 
 _PRECISIONS = {"32": "float32", "bf16-mixed": "mixed_bfloat16"}  # Keras's dtype policies
+_EPOCH_MEANS = ("loss", "deviance", "amplitude_mae")  # per-epoch means in the history, also as val_*
 
 
 # --------------------------------------------------------------------------------------------------
@@ -39,10 +40,30 @@ _PRECISIONS = {"32": "float32", "bf16-mixed": "mixed_bfloat16"}  # Keras's dtype
 
 
 def _pinn_loss(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight):
+    return _pinn_loss_and_fit(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight)[0]
+
+
+def _pinn_loss_and_fit(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight):
+    """One batch's loss and its data fit ``{"deviance": ..., "amplitude_mae": ...}`` (no gradient through the fit)."""
     _, predicted = model(x, offsets)
     mae = physics.amplitude_mae(predicted, amplitudes)
     nll = physics.poisson_nll(predicted, amplitudes)
-    return physics_weight * (nll_weight * nll + mae_weight * mae) + (1.0 - physics_weight) * mae
+    loss = physics_weight * (nll_weight * nll + mae_weight * mae) + (1.0 - physics_weight) * mae
+    return loss, {"deviance": _poisson_deviance(predicted, amplitudes), "amplitude_mae": tf.stop_gradient(mae)}
+
+
+def _poisson_deviance(predicted, measured):
+    """Poisson deviance per pixel of one batch, as `ptycholib.metrics.poisson_deviance` (float32, no gradient).
+
+    ``2 mean(a^2 log(a^2 / a_hat^2) - (a^2 - a_hat^2))`` with ``0 log 0 = 0``; the log of the ratio
+    keeps float32 accurate where ``a_hat^2`` is close to ``a^2``, which is where training ends up.
+    """
+    predicted_intensity = tf.square(tf.cast(tf.stop_gradient(predicted), tf.float32))
+    measured_intensity = tf.square(tf.cast(measured, tf.float32))
+    has_counts = measured_intensity > 0
+    ratio = tf.where(has_counts, measured_intensity / predicted_intensity, tf.ones_like(measured_intensity))
+    saturated = tf.where(has_counts, measured_intensity * tf.math.log(ratio), tf.zeros_like(measured_intensity))
+    return 2.0 * tf.reduce_mean(saturated - (measured_intensity - predicted_intensity))
 
 
 def _supervised_loss(net, x, target_amplitude, target_phase):
@@ -122,12 +143,12 @@ class _Module(keras.Model):
         self.physics_weight = self.add_weight(
             shape=(), initializer="ones", trainable=False, name="physics_weight", dtype="float32"
         )
-        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in _EPOCH_MEANS}
         self.built = True  # every variable exists: no symbolic build (MirroredStrategy would ask for one)
 
     @property
     def metrics(self):
-        return [self.loss_tracker]
+        return list(self.trackers.values())
 
     def set_precision(self, policy):
         """Give every convolution the Keras dtype policy ``policy`` (weights stay float32)."""
@@ -137,9 +158,10 @@ class _Module(keras.Model):
     # steps ----------------------------------------------------------------------------------------
 
     def _loss(self, batch):
+        """The batch's loss and data fit (`_pinn_loss_and_fit`; no fit for the supervised baseline)."""
         if self.supervised:
-            return _supervised_loss(self.model.net, batch["inputs"], batch["amplitude"], batch["phase"])
-        return _pinn_loss(
+            return _supervised_loss(self.model.net, batch["inputs"], batch["amplitude"], batch["phase"]), {}
+        return _pinn_loss_and_fit(
             self.model,
             batch["inputs"],
             batch["offsets"],
@@ -149,22 +171,26 @@ class _Module(keras.Model):
             self.training_config.mae_weight,
         )
 
-    def _accumulate(self, loss, batch):
-        self.loss_tracker.update_state(loss, sample_weight=tf.cast(tf.shape(batch["inputs"])[0], tf.float32))
+    def _accumulate(self, loss, fit, batch):
+        """Update the epoch means; return those this model has (Keras logs them, ``val_`` prefixed in validation)."""
+        count = tf.cast(tf.shape(batch["inputs"])[0], tf.float32)
+        values = {"loss": loss, **fit}
+        for name, value in values.items():
+            self.trackers[name].update_state(value, sample_weight=count)
+        return {name: self.trackers[name].result() for name in values}
 
     def train_step(self, batch):
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
-            loss = self._loss(batch)
+            loss, fit = self._loss(batch)
             # optimiser.apply sums gradients over replicas; dividing keeps the mean.
             scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
         self.optimizer.apply(tape.gradient(scaled, variables), variables)
-        self._accumulate(loss, batch)
-        return {"loss": self.loss_tracker.result()}
+        return self._accumulate(loss, fit, batch)
 
     def test_step(self, batch):
-        self._accumulate(self._loss(batch), batch)
-        return {"loss": self.loss_tracker.result()}
+        loss, fit = self._loss(batch)
+        return self._accumulate(loss, fit, batch)
 
     def call(self, inputs, offsets):
         return self.model(inputs, offsets)
@@ -227,8 +253,10 @@ class _History(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         module, logs = self.model, logs if logs is not None else {}
         entry = module.plan[epoch]
-        loss = float(logs.get("loss", math.nan))
-        val_loss = float(logs["val_loss"]) if module.has_validation and "val_loss" in logs else math.nan
+        means = {name: float(logs.get(name, math.nan)) for name in _EPOCH_MEANS}
+        val_means = {f"val_{name}": float(logs.get(f"val_{name}", math.nan)) if module.has_validation else math.nan
+                     for name in _EPOCH_MEANS}
+        loss, val_loss = means["loss"], val_means["val_loss"]
         module.lr_schedule.record(val_loss if module.has_validation else loss)
         best_epoch = module.lr_schedule.best_epoch
         if self.restore_best and best_epoch == entry.epoch:
@@ -240,10 +268,14 @@ class _History(keras.callbacks.Callback):
             "physics_weight": float(entry.physics_weight),
             "loss": loss,
             "val_loss": val_loss,
+            "deviance": means["deviance"],
+            "val_deviance": val_means["val_deviance"],
+            "amplitude_mae": means["amplitude_mae"],
+            "val_amplitude_mae": val_means["val_amplitude_mae"],
             "best_epoch": best_epoch,
         }
-        # Later callbacks (CSVLogger, MLflow) see the schedule next to the losses.
-        logs.update({key: record[key] for key in ("stage", "learning_rate", "physics_weight", "best_epoch")})
+        # Later callbacks (CSVLogger, MLflow) see the whole record (Keras's CSVLogger adds the epoch itself).
+        logs.update({key: value for key, value in record.items() if key != "epoch"})
         self.records.append(record)
         if self.callback is not None:
             self.callback(dict(record))

@@ -34,6 +34,7 @@ from . import network, physics
 __all__ = ["train", "predict_patches", "loss_gradients"]
 
 _PRECISIONS = {"32": "32-true", "bf16-mixed": "bf16-mixed"}  # Lightning's names
+_EPOCH_MEANS = ("loss", "deviance", "amplitude_mae")  # per-epoch means in the history, also as val_*
 
 
 # --------------------------------------------------------------------------------------------------
@@ -41,10 +42,30 @@ _PRECISIONS = {"32": "32-true", "bf16-mixed": "bf16-mixed"}  # Lightning's names
 
 
 def _pinn_loss(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight):
+    return _pinn_loss_and_fit(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight)[0]
+
+
+def _pinn_loss_and_fit(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight):
+    """One batch's loss and its data fit ``{"deviance": ..., "amplitude_mae": ...}`` (no gradient through the fit)."""
     _, predicted = model(x, offsets)
     mae = physics.amplitude_mae(predicted, amplitudes)
     nll = physics.poisson_nll(predicted, amplitudes)
-    return physics_weight * (nll_weight * nll + mae_weight * mae) + (1.0 - physics_weight) * mae
+    loss = physics_weight * (nll_weight * nll + mae_weight * mae) + (1.0 - physics_weight) * mae
+    return loss, {"deviance": _poisson_deviance(predicted, amplitudes), "amplitude_mae": mae.detach()}
+
+
+def _poisson_deviance(predicted, measured):
+    """Poisson deviance per pixel of one batch, as `ptycholib.metrics.poisson_deviance` (float32, no gradient).
+
+    ``2 mean(a^2 log(a^2 / a_hat^2) - (a^2 - a_hat^2))`` with ``0 log 0 = 0``; the log of the ratio
+    keeps float32 accurate where ``a_hat^2`` is close to ``a^2``, which is where training ends up.
+    """
+    predicted_intensity = predicted.detach().float().square()
+    measured_intensity = measured.float().square()
+    has_counts = measured_intensity > 0
+    ratio = torch.where(has_counts, measured_intensity / predicted_intensity, torch.ones_like(measured_intensity))
+    saturated = torch.where(has_counts, measured_intensity * torch.log(ratio), torch.zeros_like(measured_intensity))
+    return 2.0 * torch.mean(saturated - (measured_intensity - predicted_intensity))
 
 
 def _supervised_loss(net, x, target_amplitude, target_phase):
@@ -160,9 +181,10 @@ class _Module(L.LightningModule):
     # steps ----------------------------------------------------------------------------------------
 
     def _loss(self, batch):
+        """The batch's loss and data fit (`_pinn_loss_and_fit`; no fit for the supervised baseline)."""
         if self.supervised:
-            return _supervised_loss(self.model.net, batch["inputs"], batch["amplitude"], batch["phase"])
-        return _pinn_loss(
+            return _supervised_loss(self.model.net, batch["inputs"], batch["amplitude"], batch["phase"]), {}
+        return _pinn_loss_and_fit(
             self.model,
             batch["inputs"],
             batch["offsets"],
@@ -172,10 +194,11 @@ class _Module(L.LightningModule):
             self.training_config.mae_weight,
         )
 
-    def _accumulate(self, key, loss, batch):
+    def _accumulate(self, prefix, loss, fit, batch):
         count = batch["inputs"].shape[0]
-        total, n = self._sums.get(key, (0.0, 0))
-        self._sums[key] = (total + loss.detach().float() * count, n + count)
+        for name, value in {"loss": loss, **fit}.items():
+            total, n = self._sums.get(prefix + name, (0.0, 0))
+            self._sums[prefix + name] = (total + value.detach().float() * count, n + count)
 
     def _epoch_mean(self, key):
         total, n = self._sums.pop(key, (torch.zeros((), device=self.device), 0))
@@ -185,22 +208,27 @@ class _Module(L.LightningModule):
         return float(values[0] / values[1]) if float(values[1]) > 0 else math.nan
 
     def training_step(self, batch, batch_idx):
-        loss = self._loss(batch)
-        self._accumulate("loss", loss, batch)
+        loss, fit = self._loss(batch)
+        self._accumulate("", loss, fit, batch)
         return loss
 
     def validation_step(self, batch, batch_idx):
-        self._accumulate("val_loss", self._loss(batch), batch)
+        loss, fit = self._loss(batch)
+        self._accumulate("val_", loss, fit, batch)
 
     def on_validation_epoch_end(self):
-        self.val_loss = self._epoch_mean("val_loss")
+        self.val_means = {f"val_{name}": self._epoch_mean(f"val_{name}") for name in _EPOCH_MEANS}
+        self.val_loss = self.val_means["val_loss"]
         self.log("val_loss", self.val_loss, prog_bar=True, logger=False, sync_dist=False)
 
     def finish_train_epoch(self):
-        """Return the epoch's mean training loss over all ranks (called by `_History`)."""
-        loss = self._epoch_mean("loss")
-        self.log("loss", loss, prog_bar=True, logger=False, sync_dist=False)
-        return loss
+        """Return the epoch's mean training loss, deviance and amplitude MAE over all ranks (a dict; for `_History`).
+
+        NaN where nothing was accumulated (the supervised baseline has no data fit).
+        """
+        means = {name: self._epoch_mean(name) for name in _EPOCH_MEANS}
+        self.log("loss", means["loss"], prog_bar=True, logger=False, sync_dist=False)
+        return means
 
     # data -----------------------------------------------------------------------------------------
 
@@ -283,8 +311,10 @@ class _History(L.Callback):
 
     def on_train_epoch_end(self, trainer, module):
         entry = module.plan[trainer.current_epoch]
-        loss = module.finish_train_epoch()
-        val_loss = getattr(module, "val_loss", math.nan) if module.has_validation else math.nan
+        means = module.finish_train_epoch()
+        loss = means["loss"]
+        val_means = getattr(module, "val_means", {}) if module.has_validation else {}
+        val_loss = val_means.get("val_loss", math.nan)
         module.lr_schedule.record(val_loss if module.has_validation else loss)
         module.lr_scheduler.refresh()
         best_epoch = module.lr_schedule.best_epoch
@@ -297,6 +327,10 @@ class _History(L.Callback):
             "physics_weight": float(entry.physics_weight),
             "loss": loss,
             "val_loss": val_loss,
+            "deviance": means["deviance"],
+            "val_deviance": val_means.get("val_deviance", math.nan),
+            "amplitude_mae": means["amplitude_mae"],
+            "val_amplitude_mae": val_means.get("val_amplitude_mae", math.nan),
             "best_epoch": best_epoch,
         }
         self.records.append(record)
