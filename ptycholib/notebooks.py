@@ -19,6 +19,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ptycholib import tracking
+
 __all__ = [
     "NOTEBOOK_DIR",
     "NotebookRun",
@@ -131,6 +133,8 @@ def run_notebook(path, *, parameters=None, out_dir="build/notebooks", fig_dir="f
     The executed notebook goes to ``{out_dir}/{run_name}.ipynb`` (also when a cell fails, with the
     error banner papermill adds); the kernel runs in the notebook's folder with ``kernel_name="python3"``,
     i.e. in this Python environment.
+    Training runs with ``logger='mlflow'`` in the kernel are tagged with the notebook and its
+    parameters (`ptycholib.tracking.run_tags_env`): one MLflow run per grid point.
     """
     import jupytext
     import papermill
@@ -143,16 +147,19 @@ def run_notebook(path, *, parameters=None, out_dir="build/notebooks", fig_dir="f
     values = {"smoke": bool(smoke), "fig_dir": str(fig_dir), **(parameters or {})}
     output = out_dir / f"{run_name or path.stem}.ipynb"
     started = time.time() - 1.0  # file systems with coarse mtimes
-    papermill.execute_notebook(
-        jupytext.read(path),
-        str(output),
-        parameters=values,
-        kernel_name="python3",
-        language="python",
-        cwd=str(path.parent),
-        progress_bar=False,
-        execution_timeout=timeout,
-    )
+    # MLflow runs started in the kernel (logger=mlflow) are tagged with this grid point's parameters.
+    tags = {"notebook": path.stem, "mlflow.runName": output.stem, "smoke": bool(smoke), **(parameters or {})}
+    with tracking.run_tags_env(tags):
+        papermill.execute_notebook(
+            jupytext.read(path),
+            str(output),
+            parameters=values,
+            kernel_name="python3",
+            language="python",
+            cwd=str(path.parent),
+            progress_bar=False,
+            execution_timeout=timeout,
+        )
     metrics = {}
     for metrics_file in sorted(fig_dir.glob(f"{path.stem}*_metrics.json")):
         if metrics_file.stat().st_mtime >= started:  # written by this run (a backend may suffix the name)

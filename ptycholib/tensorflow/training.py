@@ -18,7 +18,6 @@ stages, while the one Adam optimiser keeps its moments. The groups stay in memor
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 
@@ -26,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import batching, schedules
+from .. import batching, schedules, tracking
 from . import network, physics
 
 __all__ = ["train", "predict_patches", "loss_gradients"]
@@ -330,13 +329,24 @@ def _set_trainable(model, epochs, training_config, supervised):
     model.physics.log_intensity_scale.trainable = not supervised and training_config.intensity_scale_trainable
 
 
+class _MlflowLogger(keras.callbacks.Callback):
+    """Each epoch's record to an open `ptycholib.tracking.MlflowRun` (a Keras callback; the run has the configs)."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.run.log_metrics(logs or {}, step=epoch)
+
+
 @contextlib.contextmanager
-def _logging(training_config, log_dir, model_config):
-    """Yield the run's Keras logging callbacks; an MLflow run lasts as long as the context.
+def _logging(training_config, log_dir, model_config, mlflow_run=None):
+    """Yield the run's Keras logging callbacks.
 
     A CSV log (``log_dir/metrics.csv``, one row per epoch, the same file as the torch backend's)
-    unless ``logger='none'``, plus MLflow with ``logger='mlflow'``, which gets the configs as
-    parameters.
+    unless ``logger='none'``, plus MLflow with ``logger='mlflow'``: ``mlflow_run``, or a run of
+    `ptycholib.tracking.start_run` that lasts as long as the context.
     """
     callbacks = []
     if training_config.logger != "none" and log_dir is not None:
@@ -345,31 +355,13 @@ def _logging(training_config, log_dir, model_config):
         if os.path.exists(csv_path):  # every stage appends to it
             os.remove(csv_path)
         callbacks.append(keras.callbacks.CSVLogger(csv_path, append=True))
-    if training_config.logger != "mlflow":
+    with contextlib.ExitStack() as stack:
+        if training_config.logger == "mlflow":
+            if mlflow_run is None:
+                mlflow_run = stack.enter_context(tracking.start_run(model_config, training_config, log_dir))
+            if mlflow_run is not None:  # None in the other processes of a multi-process run
+                callbacks.append(_MlflowLogger(mlflow_run))
         yield callbacks
-        return
-    try:
-        import mlflow
-    except ImportError as error:
-        raise ValueError(
-            "logger='mlflow' needs MLflow, which is not installed; `pip install ptycholib[mlflow]` or set "
-            "logger='csv'."
-        ) from error
-    if "MLFLOW_TRACKING_URI" not in os.environ:
-        # MLflow 3 keeps its plain-file store only on request; it needs no database package.
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        if log_dir is not None:
-            mlflow.set_tracking_uri(f"file:{os.path.abspath(os.path.join(log_dir, 'mlruns'))}")
-    with mlflow.start_run():
-        hyperparameters = {f"model.{k}": v for k, v in dataclasses.asdict(model_config).items()}
-        hyperparameters.update({f"training.{k}": v for k, v in dataclasses.asdict(training_config).items()})
-        mlflow.log_params({k: str(v)[:250] for k, v in hyperparameters.items()})
-
-        def log_epoch(epoch, logs):
-            values = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float, np.floating))}
-            mlflow.log_metrics(values, step=epoch)
-
-        yield callbacks + [keras.callbacks.LambdaCallback(on_epoch_end=log_epoch)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -388,6 +380,7 @@ def train(
     log_dir=None,
     progress=True,
     callback=None,
+    mlflow_run=None,
 ):
     """Train a model in place with the configured multi-stage schedule.
 
@@ -417,21 +410,28 @@ def train(
         Fraction of groups held out (`ptycholib.batching.split_validation`, seeded); default
         ``training_config.validation_fraction``.
     log_dir : str or path-like, optional
-        Folder for ``metrics.csv`` (one row per epoch: epoch, stage, learning_rate, physics_weight,
-        loss, val_loss, best_epoch; not with ``logger='none'``) and, with ``logger='mlflow'``, the
-        MLflow file store ``mlruns/`` (unless ``MLFLOW_TRACKING_URI`` is set). None: no files.
+        Folder for ``metrics.csv`` (one row per epoch, the columns of the records; not with
+        ``logger='none'``) and, with ``logger='mlflow'``, the MLflow file store ``mlruns/`` (unless
+        ``MLFLOW_TRACKING_URI`` is set). None: no files.
     progress : bool
         Show a progress bar.
     callback : callable, optional
         Called after every epoch with that epoch's record (a dict, see Returns).
+    mlflow_run : ptycholib.tracking.MlflowRun, optional
+        With ``logger='mlflow'``, the open run that gets each epoch's record (what
+        `ptycholib.workflow.train_model` passes); default: a new run for this call.
 
     Returns
     -------
     list of dict
-        One per epoch run: ``epoch, stage, learning_rate, physics_weight, loss, val_loss,
-        best_epoch`` (``val_loss`` is NaN without validation groups), with the physics weight that
+        One per epoch run, with the keys of `ptycholib.tracking.HISTORY_COLUMNS`: ``epoch, stage,
+        learning_rate, physics_weight, loss, val_loss, deviance, val_deviance, amplitude_mae,
+        val_amplitude_mae, best_epoch`` (``val_*`` are NaN without validation groups; ``deviance``
+        and ``amplitude_mae`` are NaN for ``model_type='supervised'``), with the physics weight that
         the epoch used and the learning rate of its first optimiser step (``cosine`` and
-        ``onecycle`` change it every step). ``best_epoch`` is the epoch of lowest monitored loss so
+        ``onecycle`` change it every step). ``deviance`` is the Poisson deviance per pixel
+        (`ptycholib.metrics.poisson_deviance`, about 1 at the noise floor), the readable version of
+        the loss, which it leaves unchanged. ``best_epoch`` is the epoch of lowest monitored loss so
         far (validation loss, or training loss without validation groups); after early stopping
         with ``early_stopping_restore_best`` the model holds that epoch's weights (the last record's
         ``best_epoch``). Shorter than ``nepochs`` only after early stopping.
@@ -491,7 +491,7 @@ def train(
     callbacks = [_SharedSchedule(optimizer, lr_schedule), history]
     groups = _Groups(data.groups)
     val_data = groups.batches(validation, [0]) if module.has_validation else None
-    with _logging(training_config, log_dir, model.model_config) as loggers:
+    with _logging(training_config, log_dir, model.model_config, mlflow_run) as loggers:
         module.set_precision(_PRECISIONS[data.precision])
         try:
             for stage in sorted({entry.stage for entry in data.plan}):

@@ -28,7 +28,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from .. import batching, schedules
+from .. import batching, schedules, tracking
 from . import network, physics
 
 __all__ = ["train", "predict_patches", "loss_gradients"]
@@ -367,20 +367,43 @@ def _set_trainable(model, epochs, training_config, supervised):
         parameter.requires_grad_(True)
 
 
+class _MlflowLogger(L.pytorch.loggers.Logger):
+    """Each epoch's record to an open `ptycholib.tracking.MlflowRun` (a Lightning logger; the run has the configs)."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+
+    @property
+    def name(self):
+        return "mlflow"
+
+    @property
+    def version(self):
+        return self.run.run_id
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass  # `ptycholib.tracking.start_run` logged both configs
+
+    def log_metrics(self, metrics, step=None):
+        self.run.log_metrics(metrics, step=step)
+
+
 @contextlib.contextmanager
-def _logging(training_config, log_dir, model_config):
+def _logging(training_config, log_dir, model_config, mlflow_run=None):
     """Yield the run's Lightning loggers; meanwhile Lightning's start-up banners and advice stay quiet.
 
     A CSV log (``log_dir/metrics.csv``, one row per epoch, the same file as the TensorFlow
-    backend's) unless ``logger='none'``, plus MLflow with ``logger='mlflow'``; both get the configs
-    as hyperparameters.
+    backend's, with the configs in ``hparams.yaml``) unless ``logger='none'``, plus MLflow with
+    ``logger='mlflow'``: ``mlflow_run``, or a run of `ptycholib.tracking.start_run` that lasts as
+    long as the context.
     """
     names = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric")
     saved = {name: logging.getLogger(name).level for name in names}
     for name in names:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.ExitStack() as stack:
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*smaller than the logging interval.*")
             warnings.filterwarnings("ignore", message=".*logs directory .* exists and is not empty.*")
@@ -392,19 +415,10 @@ def _logging(training_config, log_dir, model_config):
             if training_config.logger != "none" and log_dir is not None:
                 loggers.append(L.pytorch.loggers.CSVLogger(save_dir=log_dir, name="", version=""))
             if training_config.logger == "mlflow":
-                try:
-                    import mlflow  # noqa: F401
-                except ImportError as error:
-                    raise ValueError(
-                        "logger='mlflow' needs MLflow, which is not installed; `pip install ptycholib[mlflow]` or "
-                        "set logger='csv'."
-                    ) from error
-                tracking = os.environ.get("MLFLOW_TRACKING_URI")
-                if tracking is None:
-                    # MLflow 3 keeps its plain-file store only on request; it needs no database package.
-                    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-                    tracking = f"file:{os.path.abspath(os.path.join(log_dir or '.', 'mlruns'))}"
-                loggers.append(L.pytorch.loggers.MLFlowLogger(experiment_name="ptycholib", tracking_uri=tracking))
+                if mlflow_run is None:
+                    mlflow_run = stack.enter_context(tracking.start_run(model_config, training_config, log_dir))
+                if mlflow_run is not None:  # None in the other processes of a multi-process run
+                    loggers.append(_MlflowLogger(mlflow_run))
             hyperparameters = {f"model.{k}": v for k, v in dataclasses.asdict(model_config).items()}
             hyperparameters.update({f"training.{k}": v for k, v in dataclasses.asdict(training_config).items()})
             hyperparameters = {k: str(v) if isinstance(v, (tuple, list)) else v for k, v in hyperparameters.items()}
@@ -432,6 +446,7 @@ def train(
     log_dir=None,
     progress=True,
     callback=None,
+    mlflow_run=None,
 ):
     """Train a model in place with the configured multi-stage schedule.
 
@@ -461,21 +476,28 @@ def train(
         Fraction of groups held out (`ptycholib.batching.split_validation`, seeded); default
         ``training_config.validation_fraction``.
     log_dir : str or path-like, optional
-        Folder for ``metrics.csv`` (one row per epoch: epoch, stage, learning_rate, physics_weight,
-        loss, val_loss, best_epoch; not with ``logger='none'``) and, with ``logger='mlflow'``, the
-        MLflow file store ``mlruns/`` (unless ``MLFLOW_TRACKING_URI`` is set). None: no files.
+        Folder for ``metrics.csv`` (one row per epoch, the columns of the records; not with
+        ``logger='none'``) and, with ``logger='mlflow'``, the MLflow file store ``mlruns/`` (unless
+        ``MLFLOW_TRACKING_URI`` is set). None: no files.
     progress : bool
         Show a progress bar.
     callback : callable, optional
         Called after every epoch with that epoch's record (a dict, see Returns).
+    mlflow_run : ptycholib.tracking.MlflowRun, optional
+        With ``logger='mlflow'``, the open run that gets each epoch's record (what
+        `ptycholib.workflow.train_model` passes); default: a new run for this call.
 
     Returns
     -------
     list of dict
-        One per epoch run: ``epoch, stage, learning_rate, physics_weight, loss, val_loss,
-        best_epoch`` (``val_loss`` is NaN without validation groups), with the physics weight that
+        One per epoch run, with the keys of `ptycholib.tracking.HISTORY_COLUMNS`: ``epoch, stage,
+        learning_rate, physics_weight, loss, val_loss, deviance, val_deviance, amplitude_mae,
+        val_amplitude_mae, best_epoch`` (``val_*`` are NaN without validation groups; ``deviance``
+        and ``amplitude_mae`` are NaN for ``model_type='supervised'``), with the physics weight that
         the epoch used and the learning rate of its first optimiser step (``cosine`` and
-        ``onecycle`` change it every step). ``best_epoch`` is the epoch of lowest monitored loss so
+        ``onecycle`` change it every step). ``deviance`` is the Poisson deviance per pixel
+        (`ptycholib.metrics.poisson_deviance`, about 1 at the noise floor), the readable version of
+        the loss, which it leaves unchanged. ``best_epoch`` is the epoch of lowest monitored loss so
         far (validation loss, or training loss without validation groups); after early stopping
         with ``early_stopping_restore_best`` the model holds that epoch's weights (the last record's
         ``best_epoch``). Shorter than ``nepochs`` only after early stopping.
@@ -517,7 +539,7 @@ def train(
                 save_last=True,
             )
         )
-    with _logging(training_config, log_dir, model.model_config) as loggers:
+    with _logging(training_config, log_dir, model.model_config, mlflow_run) as loggers:
         trainer = L.Trainer(
             accelerator=training_config.accelerator,
             devices=training_config.devices,
