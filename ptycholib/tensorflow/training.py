@@ -8,6 +8,10 @@ same batches. The loss of an epoch with physics weight ``p`` is
 ``p * (nll_weight * NLL + mae_weight * MAE) + (1 - p) * MAE`` on diffraction amplitudes
 (``model_type='pinn'``), or ``mean|A - |Y|| + mean|phi - angle(Y)|`` against ground-truth patches
 (``model_type='supervised'``). ``ptycholib.torch.training`` is the same text with Lightning.
+Beside the loss, each epoch's record holds the data fit a reader can interpret, computed per
+batch from the same prediction without changing the objective: the Poisson deviance per pixel
+(`_poisson_deviance`, as `ptycholib.metrics.poisson_deviance`) and the amplitude MAE, for the
+training batches and the validation groups (`ptycholib.tracking.HISTORY_COLUMNS`).
 
 Keras: a Keras model holds the loss and its ``train_step``, callbacks set the rates and record each
 epoch, and every stage is one ``fit``, compiled anew because the trainable parts may change between
