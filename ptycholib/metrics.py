@@ -1,4 +1,5 @@
-"""Image-quality metrics for complex reconstructions against a known object (SPEC sections 7 and 10).
+"""Image-quality metrics for complex reconstructions against a known object (SPEC sections 7 and 10),
+and `poisson_deviance`, how well predicted diffraction fits measured counts (the training logs' readable loss).
 
 scikit-image style: arrays first (the reconstruction, then the ground truth), options keyword-only,
 and ``data_range`` required wherever scikit-image requires it. The ambiguities of ptychography are
@@ -34,6 +35,7 @@ __all__ = [
     "align_to_truth",
     "evaluate_reconstruction",
     "constant_object_baseline",
+    "poisson_deviance",
     "DEFAULT_MAX_SHIFT_PX",
 ]
 
@@ -768,3 +770,87 @@ def constant_object_baseline(truth, *, mask=None, **options):
     level = float(np.mean(np.abs(truth[region]))) or 1.0
     constant = np.full(truth.shape, level, dtype=np.complex128)
     return evaluate_reconstruction(constant, truth, mask=mask, **options)
+
+
+def poisson_deviance(predicted_amplitudes, measured_amplitudes, *, mask=None):
+    """Return the Poisson deviance per pixel of predicted diffraction against measured counts.
+
+    The raw training objective (`ptycholib.forward.poisson_nll`, in count units) carries a constant
+    that depends on the data, so its value says nothing on its own. The deviance is the NLL minus
+    its value for a perfect fit (the saturated model), times two: 0 when the prediction equals the
+    counts, and about 1 per pixel when the prediction is the true expected intensity and the counts
+    are its Poisson draws (the noise floor). Train and validation values, and values of different
+    data sets, are therefore comparable; the training history logs it per epoch as ``deviance`` and
+    ``val_deviance``.
+
+    Parameters
+    ----------
+    predicted_amplitudes : ndarray of shape (..., N, N), float
+        Predicted diffraction amplitudes ``a_hat`` (the model's ``|F|``), so ``a_hat**2`` is the
+        predicted intensity in counts.
+    measured_amplitudes : ndarray of the same shape, float
+        Measured amplitudes ``a`` (square roots of counts, as stored in the data contract), so
+        ``a**2`` are the measured counts.
+    mask : ndarray of bool, optional
+        Pixels to include (broadcast against the arrays, e.g. ``(N, N)`` for a detector mask);
+        default: all.
+
+    Returns
+    -------
+    float
+        ``2 * sum(a^2 log(a^2 / a_hat^2) - (a^2 - a_hat^2)) / n`` over the ``n`` pixels included.
+        Infinite where some pixel has counts but a predicted intensity of exactly 0.
+
+    Raises
+    ------
+    ValueError
+        Shapes differ, values are complex, negative or not finite, or the mask leaves no pixel.
+
+    Notes
+    -----
+    With measured counts :math:`y = a^2` and predicted intensity :math:`\\lambda = \\hat a^2`,
+
+    .. math:: D = \\frac{2}{n} \\sum_i \\left[ y_i \\log \\frac{y_i}{\\lambda_i} - (y_i - \\lambda_i) \\right],
+
+    with :math:`0 \\log 0 = 0`. Each term is non-negative and zero only at :math:`\\lambda_i = y_i`.
+    For Poisson counts of mean :math:`\\lambda`, :math:`E[D] \\approx 1 + 1/(6\\lambda)` for large
+    :math:`\\lambda`, and less than 1 for low counts (:math:`E[D] \\to 0` as :math:`\\lambda \\to 0`),
+    so a well-trained model approaches a floor just under 1 on data with many dark pixels. Both
+    backends compute the same per batch while training (their ``_poisson_deviance``).
+
+    Examples
+    --------
+    >>> counts = np.array([[4.0, 9.0], [0.0, 1.0]])
+    >>> poisson_deviance(np.sqrt(counts), np.sqrt(counts))
+    0.0
+    >>> round(poisson_deviance(np.sqrt([2.0, 6.0]), np.sqrt([4.0, 4.0])), 4)
+    1.1507
+    """
+    predicted = np.asarray(predicted_amplitudes)
+    measured = np.asarray(measured_amplitudes)
+    if predicted.shape != measured.shape:
+        raise ValueError(
+            f"predicted_amplitudes has shape {predicted.shape} but measured_amplitudes has shape {measured.shape}; "
+            "both must hold the same patterns."
+        )
+    for name, values in (("predicted_amplitudes", predicted), ("measured_amplitudes", measured)):
+        if np.iscomplexobj(values):
+            raise ValueError(f"{name} is complex; pass amplitudes (np.abs of the far field), not the complex field.")
+        bad = int(np.sum(~np.isfinite(values) | (values < 0)))
+        if bad:
+            raise ValueError(f"{name} has {bad} negative, NaN or infinite values; amplitudes must be finite and >= 0.")
+    predicted_intensity = predicted.astype(np.float64) ** 2
+    measured_intensity = measured.astype(np.float64) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        saturated = np.where(measured_intensity > 0, measured_intensity * np.log(measured_intensity / predicted_intensity), 0.0)
+    terms = saturated - (measured_intensity - predicted_intensity)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        try:
+            mask = np.broadcast_to(mask, terms.shape)
+        except ValueError:
+            raise ValueError(f"mask of shape {mask.shape} does not broadcast to the patterns' shape {terms.shape}.") from None
+        terms = terms[mask]
+    if terms.size == 0:
+        raise ValueError("no pixels to compare: the arrays are empty or the mask excludes every pixel.")
+    return float(2.0 * np.mean(terms))

@@ -27,6 +27,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ptycholib import tracking
+
 __all__ = [
     "NOTEBOOK_DIR",
     "show",
@@ -346,6 +348,8 @@ def run_notebook(path, *, parameters=None, out_dir="build/notebooks", fig_dir="f
     The executed notebook goes to ``{out_dir}/{run_name}.ipynb`` (also when a cell fails, with the
     error banner papermill adds) and, with ``html``, to ``{out_dir}/{run_name}.html`` (nbconvert); the
     kernel runs in the notebook's folder with ``kernel_name="python3"``, i.e. in this Python environment.
+    Training runs with ``logger='mlflow'`` in the kernel are tagged with the notebook and its
+    parameters (`ptycholib.tracking.run_tags_env`): one MLflow run per grid point.
 
     Parameters
     ----------
@@ -378,18 +382,21 @@ def run_notebook(path, *, parameters=None, out_dir="build/notebooks", fig_dir="f
     say(f"{label}: started{' (smoke)' if smoke else ''}")
     started = time.time() - 1.0  # file systems with coarse mtimes
     clock = time.perf_counter()
+    # MLflow runs started in the kernel (logger=mlflow) are tagged with this grid point's parameters.
+    tags = {"notebook": path.stem, "mlflow.runName": output.stem, "smoke": bool(smoke), **(parameters or {})}
     try:
-        executed = papermill.execute_notebook(
-            jupytext.read(path),
-            str(output),
-            parameters=values,
-            kernel_name="python3",
-            language="python",
-            cwd=str(path.parent),
-            progress_bar=False,
-            execution_timeout=timeout,
-            extra_arguments=list(_KERNEL_ARGUMENTS),
-        )
+        with tracking.run_tags_env(tags):
+            executed = papermill.execute_notebook(
+                jupytext.read(path),
+                str(output),
+                parameters=values,
+                kernel_name="python3",
+                language="python",
+                cwd=str(path.parent),
+                progress_bar=False,
+                execution_timeout=timeout,
+                extra_arguments=list(_KERNEL_ARGUMENTS),
+            )
     except (papermill.PapermillExecutionError, CellTimeoutError, DeadKernelError) as error:
         say(f"{label}: FAILED after {time.perf_counter() - clock:.1f} s")
         if html_path is not None and output.exists():

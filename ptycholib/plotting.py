@@ -254,40 +254,66 @@ def schedule(plan):
     return fig
 
 
-def loss_curves(histories, *, log=True):
-    """Plot training (solid) and validation (dashed) loss per epoch for one or more runs.
+def loss_curves(histories, *, metric=None, log=True):
+    """Plot training (solid) and validation (dashed) curves per epoch for one or more runs.
+
+    By default the curves are the **Poisson deviance per pixel** (``deviance`` / ``val_deviance``,
+    `ptycholib.metrics.poisson_deviance`) when every run's history has it: 0 for a perfect fit and
+    about 1 when the model explains the data down to the photon noise (dotted line), comparable
+    between train and validation and across data sets, on a log axis. Otherwise (the supervised
+    baseline, or records without it) the raw objective ``loss`` / ``val_loss``.
 
     Parameters
     ----------
     histories : dict of str to list of dict
-        Run label to its per-epoch records, each with ``epoch``, ``loss`` and optionally
-        ``val_loss`` (None when there is no validation split).
+        Run label to its per-epoch records (`ptycholib.workflow.TrainedModel.history`), each with
+        ``epoch`` and the metric, optionally with its ``val_`` twin (None or NaN when there is no
+        validation split).
+    metric : {"deviance", "loss", "amplitude_mae"}, optional
+        Record key to plot; default ``"deviance"`` when every history has finite values of it, else
+        ``"loss"``.
     log : bool
-        Logarithmic loss axis (only when every plotted value is positive).
+        Logarithmic axis (only when every plotted value is positive).
 
     Returns
     -------
     matplotlib.figure.Figure
     """
+    if metric is None:
+        metric = "deviance" if histories and all(_has_finite(history, "deviance") for history in histories.values()) \
+            else "loss"
+    if histories and not any(metric in record for history in histories.values() for record in history):
+        raise ValueError(f"no record has {metric!r}; plot 'deviance', 'loss' or 'amplitude_mae'.")
     fig, ax = _axes()
     positive = True
     for index, (label, history) in enumerate(histories.items()):
         colour = f"C{index % 10}"
         epochs = [record["epoch"] for record in history]
-        loss = np.array([record["loss"] for record in history], dtype=float)
-        ax.plot(epochs, loss, "-", color=colour, label=f"{label}: train")
-        positive &= bool(np.all(loss > 0))
-        val = [record.get("val_loss") for record in history]
-        if any(v is not None for v in val):
-            val = np.array([np.nan if v is None else v for v in val], dtype=float)
+        values = _column(history, metric)
+        ax.plot(epochs, values, "-", color=colour, label=f"{label}: train")
+        positive &= bool(np.all(values[np.isfinite(values)] > 0))
+        val = _column(history, f"val_{metric}")
+        if np.any(np.isfinite(val)):
             ax.plot(epochs, val, "--", color=colour, label=f"{label}: validation")
             positive &= bool(np.all(val[np.isfinite(val)] > 0))
+    if metric == "deviance":
+        ax.axhline(1.0, color="0.5", linestyle=":", linewidth=1, label="noise floor (about 1)")
     if log and positive:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
+    ax.set_ylabel({"deviance": "Poisson deviance per pixel", "amplitude_mae": "amplitude MAE (sqrt counts)"}.get(
+        metric, metric))
     ax.legend(fontsize=8)
     return fig
+
+
+def _column(history, key):
+    """``key`` of every record as floats, NaN where missing or None."""
+    return np.array([np.nan if record.get(key) is None else record[key] for record in history], dtype=float)
+
+
+def _has_finite(history, key):
+    return bool(history) and bool(np.any(np.isfinite(_column(history, key))))
 
 
 def compare_objects(truth, recons, *, mask=None, align=True):

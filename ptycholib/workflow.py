@@ -6,6 +6,7 @@ model trained by one backend reconstructs with the other.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import zipfile
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ptycholib import archive as archive_io
-from ptycholib import forward, grouping, metrics, reassemble
+from ptycholib import forward, grouping, metrics, reassemble, tracking
 from ptycholib._io import atomic_write, open_npz
 from ptycholib.archive import ModelArchive
 from ptycholib.backends import get_backend
@@ -110,19 +111,25 @@ class TrainedModel:
     archive : ModelArchive
         Config, canonical weights, ``g`` and the backend; save it with `archive.save_model`.
     history : list of dict
-        One record per epoch (epoch, stage, learning_rate, physics_weight, loss, val_loss, best_epoch):
-        the learning rate the epoch started with, and the epoch with the lowest monitored loss so far
-        (whose weights the archive holds when early stopping restored them).
+        One record per epoch, keys `ptycholib.tracking.HISTORY_COLUMNS` (epoch, stage, learning_rate,
+        physics_weight, loss, val_loss, deviance, val_deviance, amplitude_mae, val_amplitude_mae,
+        best_epoch): the learning rate the epoch started with, the Poisson deviance per pixel (about 1
+        at the noise floor), and the epoch with the lowest monitored loss so far (whose weights the
+        archive holds when early stopping restored them).
     seconds : float
         Wall-clock training time.
     n_groups : int
         Groups trained on.
+    run_id : str or None
+        The MLflow run (``logger='mlflow'``; `ptycholib.tracking`), which holds the metrics,
+        ``wts.h5.zip`` and ``history.csv``; None otherwise.
     """
 
     archive: ModelArchive
     history: list = field(default_factory=list)
     seconds: float = 0.0
     n_groups: int = 0
+    run_id: str | None = None
 
 
 def prepare_training(data, config, *, initial_weights=None):
@@ -186,21 +193,33 @@ def train_model(data, config, *, initial_weights=None, log_dir=None, progress=Tr
     Returns
     -------
     TrainedModel
+
+    Notes
+    -----
+    With ``training.logger='mlflow'`` one MLflow run (`ptycholib.tracking.start_run`) gets the
+    configs, each epoch's record and, at the end, ``wts.h5.zip`` and ``history.csv`` as artifacts;
+    its id is ``TrainedModel.run_id``.
     """
     backend, model, grouped, input_scale = prepare_training(data, config, initial_weights=initial_weights)
     training = config.training
-    start = time.perf_counter()
-    history = backend.training.train(
-        model, grouped.inputs, grouped.offsets, grouped.amplitudes, training,
-        target_patches=grouped.target_patches, validation_fraction=training.validation_fraction,
-        log_dir=log_dir, progress=progress, callback=callback,
-    )
-    seconds = time.perf_counter() - start
-    weights = backend.network.get_weights(model)
-    return TrainedModel(
-        archive=ModelArchive(config=config, weights=weights, input_scale=input_scale, backend=backend.name),
-        history=history, seconds=seconds, n_groups=len(grouped.inputs),
-    )
+    tracked = training.logger == "mlflow"
+    with tracking.start_run(config.model, training, log_dir) if tracked else contextlib.nullcontext() as run:
+        start = time.perf_counter()
+        history = backend.training.train(
+            model, grouped.inputs, grouped.offsets, grouped.amplitudes, training,
+            target_patches=grouped.target_patches, validation_fraction=training.validation_fraction,
+            log_dir=log_dir, progress=progress, callback=callback, mlflow_run=run,
+        )
+        seconds = time.perf_counter() - start
+        weights = backend.network.get_weights(model)
+        trained = TrainedModel(
+            archive=ModelArchive(config=config, weights=weights, input_scale=input_scale, backend=backend.name),
+            history=history, seconds=seconds, n_groups=len(grouped.inputs),
+            run_id=None if run is None else run.run_id,
+        )
+        if run is not None:
+            run.log_trained_model(trained.archive, history)
+    return trained
 
 
 def _as_archive(model):

@@ -224,3 +224,49 @@ def test_constant_object_baseline_on_lines():
     flat = np.full(test.obj.shape, 7.0 * np.exp(0.3j))  # any constant scores the same
     same = metrics.evaluate_reconstruction(flat, test.obj, mask=region)
     assert same["amplitude_ssim"] == pytest.approx(baseline["amplitude_ssim"], abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Poisson deviance (the training history's readable loss)
+
+
+def test_poisson_deviance_of_the_truth_is_one_per_pixel(rng):
+    expected = rng.uniform(20, 200, size=100_000)  # high counts: E[D] = 1 + 1/(6 lambda) + ... ~ 1.002
+    counts = rng.poisson(expected)
+    assert 0.98 < metrics.poisson_deviance(np.sqrt(expected), np.sqrt(counts)) < 1.03
+    # Low counts sit below the floor (E[D] -> 0 as lambda -> 0): a dark detector fits "better than noise".
+    dim = np.full(100_000, 0.3)
+    assert 0.5 < metrics.poisson_deviance(np.sqrt(dim), np.sqrt(rng.poisson(dim))) < 0.95
+
+
+def test_poisson_deviance_of_simulated_diffraction(rng):
+    from ptycholib import simulate
+
+    obj = simulate.make_object("grf", (80, 90), rng)
+    probe = simulate.make_probe("disk", 32)
+    x_px, y_px = simulate.raster_positions(obj.shape, 32, step_px=8)
+    expected = simulate.simulate_counts(obj, probe, x_px, y_px, 1e8, rng, noise=False)
+    counts = rng.poisson(expected)
+    truth, measured = np.sqrt(expected), np.sqrt(counts)
+    bright = expected >= 20
+    assert bright.mean() > 0.2
+    assert 0.97 < metrics.poisson_deviance(truth, measured, mask=bright) < 1.04
+    assert 0.0 < metrics.poisson_deviance(truth, measured) < 1.04  # dark pixels pull it under 1
+    assert metrics.poisson_deviance(truth * 1.1, measured, mask=bright) > 5  # a 21 % intensity error is far above
+
+
+def test_poisson_deviance_perfect_fit_zeros_and_errors():
+    counts = np.array([[0.0, 1.0], [4.0, 100.0]])
+    assert metrics.poisson_deviance(np.sqrt(counts), np.sqrt(counts)) == 0.0
+    # 0 log 0 = 0: a dark pixel costs only its predicted intensity, 2 * 0.25 / 1 pixel
+    assert metrics.poisson_deviance(np.array([0.5]), np.array([0.0])) == pytest.approx(0.5)
+    assert metrics.poisson_deviance(np.array([0.0]), np.array([1.0])) == math.inf
+    assert metrics.poisson_deviance(np.sqrt(counts) + 1, np.sqrt(counts), mask=[[True, False], [False, False]]) == 2.0
+    with pytest.raises(ValueError, match="shape"):
+        metrics.poisson_deviance(np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match="negative"):
+        metrics.poisson_deviance(-np.ones(3), np.ones(3))
+    with pytest.raises(ValueError, match="complex"):
+        metrics.poisson_deviance(np.ones(3) * 1j, np.ones(3))
+    with pytest.raises(ValueError, match="no pixels"):
+        metrics.poisson_deviance(np.ones((2, 2)), np.ones((2, 2)), mask=np.zeros((2, 2), bool))

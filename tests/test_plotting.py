@@ -65,3 +65,18 @@ def test_parity_ratios_log_axis_pass_line_and_exact_floor():
     assert 0 < floor < 2e-3 and np.all(failed[:, 1] > 1) and np.all(np.isfinite(failed))
     with pytest.raises(ValueError, match="at least one row"):
         plotting.parity_ratios([])
+
+
+def test_loss_curves_show_the_deviance_on_a_log_axis_when_the_history_has_it():
+    nan = float("nan")
+    history = [{"epoch": i, "loss": -3.4e6 - i, "val_loss": -3.2e6 - i, "deviance": 10.0 / (i + 1),
+                "val_deviance": 12.0 / (i + 1)} for i in range(4)]
+    ax = plotting.loss_curves({"run": history}).axes[0]
+    assert ax.get_yscale() == "log" and "deviance" in ax.get_ylabel()
+    assert [line.get_label() for line in ax.get_lines()] == ["run: train", "run: validation", "noise floor (about 1)"]
+    np.testing.assert_array_equal(ax.get_lines()[1].get_ydata(), [12.0, 6.0, 4.0, 3.0])
+    supervised = [dict(record, deviance=nan, val_deviance=nan) for record in history]  # no data fit: the raw loss
+    ax = plotting.loss_curves({"pinn": history, "supervised": supervised}).axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylabel() == "loss"
+    with pytest.raises(ValueError, match="no record has 'learning_rat'"):
+        plotting.loss_curves({"run": history}, metric="learning_rat")

@@ -459,7 +459,21 @@ def test_train_streams_per_epoch_losses_from_exported_training_data(tmp_path):
     assert [output.progress for output in outputs] == [1, 2, 2] and reconstructor.get_progress_goal() == 2
     assert len(outputs[-1].validation_loss) == 2
     assert all(np.isfinite(loss.value) for loss in outputs[-1].training_loss)
+    # the curves are the Poisson deviance per pixel, positive and readable on a log axis
+    assert [loss.value for loss in outputs[-1].training_loss] == [r["deviance"] for r in reconstructor.last_history]
+    assert [loss.value for loss in outputs[-1].validation_loss] == [r["val_deviance"] for r in reconstructor.last_history]
+    assert all(loss.value > 0 for loss in outputs[-1].training_loss)
     assert (tmp_path / "out" / "wts.h5.zip").is_file() and reconstructor.is_model_loaded()
+
+
+def test_train_output_streams_the_deviance_or_else_the_loss():
+    from ptycholib.ptychodus.reconstructor import _train_output
+
+    records = [{"epoch": 0, "loss": -5.0, "val_loss": -4.0, "deviance": 3.0, "val_deviance": 2.5}]
+    output = _train_output(records, progress=1)
+    assert [v.value for v in output.training_loss] == [3.0] and [v.value for v in output.validation_loss] == [2.5]
+    supervised = [dict(records[0], deviance=float("nan"), val_deviance=float("nan"))]
+    assert [v.value for v in _train_output(supervised, progress=1).training_loss] == [-5.0]
 
 
 @pytest.mark.slow

@@ -1,10 +1,14 @@
-"""``ptycholib reconstruct --model M --data D [--backend B] [--batch-size N] [--refine K [--refine-probe]] --out recon.npz``."""
+"""``ptycholib reconstruct --model M --data D [--backend B] [--batch-size N] [--refine K [--refine-probe]] --out recon.npz``.
+
+``M`` is a model archive, a folder holding one, or an MLflow run artifact ``runs:/RUN_ID/wts.h5.zip``
+(downloaded from ``--tracking-uri``, default ``MLFLOW_TRACKING_URI``, then verified like any archive).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
-from ptycholib import archive, data, refine, workflow
+from ptycholib import archive, data, refine, tracking, workflow
 from ptycholib.cli._common import add_backend, add_measurement, check_output_file, require_at_least_one
 
 __all__ = ["register", "run"]
@@ -16,7 +20,9 @@ def register(subparsers):
                                    description="Predict patches for every scan position and reassemble them on the "
                                    "data's object grid. Writes an NPZ with `object` (complex (H, W)) and JSON "
                                    "`metadata`.")
-    parser.add_argument("--model", required=True, help="model archive (wts.h5.zip) or a folder holding one")
+    parser.add_argument("--model", required=True,
+                        help="model archive (wts.h5.zip), a folder holding one, or runs:/RUN_ID/wts.h5.zip (MLflow)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking store of a runs:/ model (default: MLFLOW_TRACKING_URI)")
     parser.add_argument("--data", required=True, help="scan to reconstruct (.npz, SPEC section 5)")
     add_backend(parser, "predict with this backend (default: the one that trained the model)")
     parser.add_argument("--batch-size", type=int, help="groups per prediction batch")
@@ -35,7 +41,8 @@ def register(subparsers):
 def run(args):
     """Reconstruct ``args.data`` with the model ``args.model`` and write ``args.out``; return the exit status."""
     check_output_file(args.out)
-    model = archive.load_model(args.model)
+    with tracking.local_model(args.model, tracking_uri=args.tracking_uri) as path:
+        model = archive.load_model(path)
     inference = model.config.inference
     if args.batch_size is not None:
         require_at_least_one(args.batch_size, "--batch-size")

@@ -12,10 +12,9 @@ Stages with ``freeze_encoder`` and ``learning_rate_factor`` give the usual recip
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 
-from ptycholib import archive, data, workflow
+from ptycholib import archive, data, tracking, workflow
 from ptycholib.cli._common import add_backend, add_measurement, check_output_folder, output_folder
 from ptycholib.config import Config, apply_overrides, load_config
 
@@ -58,13 +57,14 @@ def run(args):
                                        progress=not args.no_progress)
     saved = dataclasses.replace(trained.archive, parent=parent_record)
     path = archive.save_model(out / archive.DEFAULT_NAME, saved)
-    history_path = out / "history.csv"
-    with history_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(trained.history[0]))
-        writer.writeheader()
-        writer.writerows(trained.history)
+    history_path = tracking.write_history(out / "history.csv", trained.history)
     last = trained.history[-1]
     print(f"trained {config.training.backend} model on {trained.n_groups} groups, {len(trained.history)} epochs "
-          f"in {trained.seconds:.1f} s; final loss {last['loss']:.6g}, val_loss {last.get('val_loss')}")
+          f"in {trained.seconds:.1f} s; final loss {last['loss']:.6g}, val_loss {last.get('val_loss')}, "
+          f"deviance per pixel {last['deviance']:.4g} (validation {last['val_deviance']:.4g}; 1 = noise floor)")
     print(f"wrote {path} and {history_path}")
+    if trained.run_id is not None:  # logger=mlflow: the run holds the files as written here
+        tracking.log_files(trained.run_id, [path, history_path], log_dir=out / "logs")
+        print(f"MLflow run {trained.run_id} in {tracking.tracking_uri(out / 'logs')}; reconstruct with "
+              f"--model runs:/{trained.run_id}/{archive.DEFAULT_NAME}")
     return 0

@@ -25,7 +25,6 @@ Only numpy and h5py are imported here (h5py when a file is opened); ``ptychodus`
 
 from __future__ import annotations
 
-import csv
 import warnings
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from ptycholib.data import (
     counts_to_amplitudes,
     load_npz,
 )
+from ptycholib.tracking import write_history  # noqa: F401 - re-exported: the history.csv beside a model
 
 __all__ = [
     "TRAINING_DATA_NAME",
@@ -480,22 +480,3 @@ def load_training_data(folder):
         f"no training data in {folder}: expected {TRAINING_DATA_NAME} (ptycholib's NPZ contract, what "
         f"'export training data' writes) or diffraction.h5 + product.h5 (a ptychodus input folder)."
     )
-
-
-def write_history(path, history):
-    """Write per-epoch training records as CSV (one column per key seen in any record); nothing if empty.
-
-    Parameters
-    ----------
-    path : str or Path
-        Destination, e.g. ``OUT/history.csv``.
-    history : list of dict
-        Records of `ptycholib.workflow.train_model` (``epoch``, ``loss``, ``val_loss``, ...).
-    """
-    if not history:
-        return
-    names = list(dict.fromkeys(key for record in history for key in record))
-    with Path(path).open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=names)
-        writer.writeheader()
-        writer.writerows(history)

@@ -5,7 +5,7 @@ holds one `PtycholibReconstructor` (a ``TrainableReconstructor``) per installed 
 type; their ptychodus algorithm keys are ``ptycholib_torch``, ``ptycholib_tensorflow``,
 ``ptycholib_torch-supervised`` and ``ptycholib_tensorflow-supervised`` (`algorithm_keys`).
 ptychodus calls them directly (SPEC Q3: no server, no subprocess of our own); training runs
-`ptycholib.workflow.train_model` in a thread and streams each epoch's losses back to ptychodus.
+`ptycholib.workflow.train_model` in a thread and streams each epoch's data fit back to ptychodus.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ptycholib import archive, refine, workflow
+from ptycholib import archive, refine, tracking, workflow
 from ptycholib import data as data_module
 from ptycholib.backends import BACKENDS, is_available
 from ptycholib.ptychodus._upstream import (
@@ -29,7 +29,7 @@ from ptycholib.ptychodus._upstream import (
     TrainOutput,
 )
 from ptycholib.ptychodus.convert import product_from_object, ptycho_data_from_input
-from ptycholib.ptychodus.files import load_training_data, write_history
+from ptycholib.ptychodus.files import load_training_data
 from ptycholib.ptychodus.settings import PtycholibSettings
 
 __all__ = [
@@ -78,8 +78,11 @@ class PtycholibReconstructor(TrainableReconstructor):
     - `reconstruct` needs a loaded model (`load_model_from_file`, ``IN/model.zip`` in batch mode,
       or a finished `train`); the network architecture comes from the model archive, batch size,
       crop size and weighting from the ``PtycholibInference`` settings. It yields one output.
-    - `train` yields one ``TrainOutput`` per epoch (training and validation loss curves), then saves
-      ``OUT/wts.h5.zip`` and ``OUT/history.csv`` and keeps the model loaded.
+    - `train` yields one ``TrainOutput`` per epoch, then saves ``OUT/wts.h5.zip`` and
+      ``OUT/history.csv`` and keeps the model loaded. Its curves are the Poisson deviance per pixel
+      (``deviance`` / ``val_deviance`` of the history: 0 for a perfect fit, about 1 at the noise
+      floor, best read on a log axis); the supervised baseline, which has no data fit, streams its
+      loss. With ``Logger=mlflow`` the MLflow run gets both files too.
     - `get_progress_goal` is 1 during a reconstruction and the number of epochs during training.
     """
 
@@ -204,7 +207,10 @@ class PtycholibReconstructor(TrainableReconstructor):
                 trained = item
         saved = dataclasses.replace(trained.archive, parent=parent)
         model_path = archive.save_model(output_path / archive.DEFAULT_NAME, saved)
-        write_history(output_path / "history.csv", trained.history)
+        history_path = tracking.write_history(output_path / "history.csv", trained.history)
+        if trained.run_id is not None:  # logger=mlflow: the run holds the files as written here
+            tracking.log_files(trained.run_id, [model_path] + ([history_path] if history_path else []),
+                               log_dir=output_path / "logs")
         self._archive = saved
         self._model_path = model_path
         self.last_history = list(trained.history)
@@ -263,9 +269,12 @@ def _loss_values(records, key):
 
 
 def _train_output(records, progress):
+    """The curves ptychodus plots: the deviance per pixel (interpretable), or the loss when there is none."""
+    has_deviance = any(np.isfinite(record.get("deviance", np.nan)) for record in records)
+    train_key, val_key = ("deviance", "val_deviance") if has_deviance else ("loss", "val_loss")
     return TrainOutput(
-        training_loss=_loss_values(records, "loss"),
-        validation_loss=_loss_values(records, "val_loss"),
+        training_loss=_loss_values(records, train_key),
+        validation_loss=_loss_values(records, val_key),
         progress=int(progress),
     )
 

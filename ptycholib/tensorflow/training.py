@@ -8,6 +8,10 @@ same batches. The loss of an epoch with physics weight ``p`` is
 ``p * (nll_weight * NLL + mae_weight * MAE) + (1 - p) * MAE`` on diffraction amplitudes
 (``model_type='pinn'``), or ``mean|A - |Y|| + mean|phi - angle(Y)|`` against ground-truth patches
 (``model_type='supervised'``). ``ptycholib.torch.training`` is the same text with Lightning.
+Beside the loss, each epoch's record holds the data fit a reader can interpret, computed per
+batch from the same prediction without changing the objective: the Poisson deviance per pixel
+(`_poisson_deviance`, as `ptycholib.metrics.poisson_deviance`) and the amplitude MAE, for the
+training batches and the validation groups (`ptycholib.tracking.HISTORY_COLUMNS`).
 
 Keras: a Keras model holds the loss and its ``train_step``, callbacks set the rates and record each
 epoch, and every stage is one ``fit``, compiled anew because the trainable parts may change between
@@ -18,7 +22,6 @@ stages, while the one Adam optimiser keeps its moments. The groups stay in memor
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 
@@ -26,12 +29,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import batching, schedules
+from .. import batching, schedules, tracking
 from . import network, physics
 
 __all__ = ["train", "predict_patches", "loss_gradients"]
 
 _PRECISIONS = {"32": "float32", "bf16-mixed": "mixed_bfloat16"}  # Keras's dtype policies
+_EPOCH_MEANS = ("loss", "deviance", "amplitude_mae")  # per-epoch means in the history, also as val_*
 
 
 # --------------------------------------------------------------------------------------------------
@@ -39,10 +43,30 @@ _PRECISIONS = {"32": "float32", "bf16-mixed": "mixed_bfloat16"}  # Keras's dtype
 
 
 def _pinn_loss(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight):
+    return _pinn_loss_and_fit(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight)[0]
+
+
+def _pinn_loss_and_fit(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight):
+    """One batch's loss and its data fit ``{"deviance": ..., "amplitude_mae": ...}`` (no gradient through the fit)."""
     _, predicted = model(x, offsets)
     mae = physics.amplitude_mae(predicted, amplitudes)
     nll = physics.poisson_nll(predicted, amplitudes)
-    return physics_weight * (nll_weight * nll + mae_weight * mae) + (1.0 - physics_weight) * mae
+    loss = physics_weight * (nll_weight * nll + mae_weight * mae) + (1.0 - physics_weight) * mae
+    return loss, {"deviance": _poisson_deviance(predicted, amplitudes), "amplitude_mae": tf.stop_gradient(mae)}
+
+
+def _poisson_deviance(predicted, measured):
+    """Poisson deviance per pixel of one batch, as `ptycholib.metrics.poisson_deviance` (float32, no gradient).
+
+    ``2 mean(a^2 log(a^2 / a_hat^2) - (a^2 - a_hat^2))`` with ``0 log 0 = 0``; the log of the ratio
+    keeps float32 accurate where ``a_hat^2`` is close to ``a^2``, which is where training ends up.
+    """
+    predicted_intensity = tf.square(tf.cast(tf.stop_gradient(predicted), tf.float32))
+    measured_intensity = tf.square(tf.cast(measured, tf.float32))
+    has_counts = measured_intensity > 0
+    ratio = tf.where(has_counts, measured_intensity / predicted_intensity, tf.ones_like(measured_intensity))
+    saturated = tf.where(has_counts, measured_intensity * tf.math.log(ratio), tf.zeros_like(measured_intensity))
+    return 2.0 * tf.reduce_mean(saturated - (measured_intensity - predicted_intensity))
 
 
 def _supervised_loss(net, x, target_amplitude, target_phase):
@@ -122,12 +146,12 @@ class _Module(keras.Model):
         self.physics_weight = self.add_weight(
             shape=(), initializer="ones", trainable=False, name="physics_weight", dtype="float32"
         )
-        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in _EPOCH_MEANS}
         self.built = True  # every variable exists: no symbolic build (MirroredStrategy would ask for one)
 
     @property
     def metrics(self):
-        return [self.loss_tracker]
+        return list(self.trackers.values())
 
     def set_precision(self, policy):
         """Give every convolution the Keras dtype policy ``policy`` (weights stay float32)."""
@@ -137,9 +161,10 @@ class _Module(keras.Model):
     # steps ----------------------------------------------------------------------------------------
 
     def _loss(self, batch):
+        """The batch's loss and data fit (`_pinn_loss_and_fit`; no fit for the supervised baseline)."""
         if self.supervised:
-            return _supervised_loss(self.model.net, batch["inputs"], batch["amplitude"], batch["phase"])
-        return _pinn_loss(
+            return _supervised_loss(self.model.net, batch["inputs"], batch["amplitude"], batch["phase"]), {}
+        return _pinn_loss_and_fit(
             self.model,
             batch["inputs"],
             batch["offsets"],
@@ -149,22 +174,26 @@ class _Module(keras.Model):
             self.training_config.mae_weight,
         )
 
-    def _accumulate(self, loss, batch):
-        self.loss_tracker.update_state(loss, sample_weight=tf.cast(tf.shape(batch["inputs"])[0], tf.float32))
+    def _accumulate(self, loss, fit, batch):
+        """Update the epoch means; return those this model has (Keras logs them, ``val_`` prefixed in validation)."""
+        count = tf.cast(tf.shape(batch["inputs"])[0], tf.float32)
+        values = {"loss": loss, **fit}
+        for name, value in values.items():
+            self.trackers[name].update_state(value, sample_weight=count)
+        return {name: self.trackers[name].result() for name in values}
 
     def train_step(self, batch):
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
-            loss = self._loss(batch)
+            loss, fit = self._loss(batch)
             # optimiser.apply sums gradients over replicas; dividing keeps the mean.
             scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
         self.optimizer.apply(tape.gradient(scaled, variables), variables)
-        self._accumulate(loss, batch)
-        return {"loss": self.loss_tracker.result()}
+        return self._accumulate(loss, fit, batch)
 
     def test_step(self, batch):
-        self._accumulate(self._loss(batch), batch)
-        return {"loss": self.loss_tracker.result()}
+        loss, fit = self._loss(batch)
+        return self._accumulate(loss, fit, batch)
 
     def call(self, inputs, offsets):
         return self.model(inputs, offsets)
@@ -227,8 +256,10 @@ class _History(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         module, logs = self.model, logs if logs is not None else {}
         entry = module.plan[epoch]
-        loss = float(logs.get("loss", math.nan))
-        val_loss = float(logs["val_loss"]) if module.has_validation and "val_loss" in logs else math.nan
+        means = {name: float(logs.get(name, math.nan)) for name in _EPOCH_MEANS}
+        val_means = {f"val_{name}": float(logs.get(f"val_{name}", math.nan)) if module.has_validation else math.nan
+                     for name in _EPOCH_MEANS}
+        loss, val_loss = means["loss"], val_means["val_loss"]
         module.lr_schedule.record(val_loss if module.has_validation else loss)
         best_epoch = module.lr_schedule.best_epoch
         if self.restore_best and best_epoch == entry.epoch:
@@ -240,10 +271,14 @@ class _History(keras.callbacks.Callback):
             "physics_weight": float(entry.physics_weight),
             "loss": loss,
             "val_loss": val_loss,
+            "deviance": means["deviance"],
+            "val_deviance": val_means["val_deviance"],
+            "amplitude_mae": means["amplitude_mae"],
+            "val_amplitude_mae": val_means["val_amplitude_mae"],
             "best_epoch": best_epoch,
         }
-        # Later callbacks (CSVLogger, MLflow) see the schedule next to the losses.
-        logs.update({key: record[key] for key in ("stage", "learning_rate", "physics_weight", "best_epoch")})
+        # Later callbacks (CSVLogger, MLflow) see the whole record (Keras's CSVLogger adds the epoch itself).
+        logs.update({key: value for key, value in record.items() if key != "epoch"})
         self.records.append(record)
         if self.callback is not None:
             self.callback(dict(record))
@@ -298,13 +333,24 @@ def _set_trainable(model, epochs, training_config, supervised):
     model.physics.log_intensity_scale.trainable = not supervised and training_config.intensity_scale_trainable
 
 
+class _MlflowLogger(keras.callbacks.Callback):
+    """Each epoch's record to an open `ptycholib.tracking.MlflowRun` (a Keras callback; the run has the configs)."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.run.log_metrics(logs or {}, step=epoch)
+
+
 @contextlib.contextmanager
-def _logging(training_config, log_dir, model_config):
-    """Yield the run's Keras logging callbacks; an MLflow run lasts as long as the context.
+def _logging(training_config, log_dir, model_config, mlflow_run=None):
+    """Yield the run's Keras logging callbacks.
 
     A CSV log (``log_dir/metrics.csv``, one row per epoch, the same file as the torch backend's)
-    unless ``logger='none'``, plus MLflow with ``logger='mlflow'``, which gets the configs as
-    parameters.
+    unless ``logger='none'``, plus MLflow with ``logger='mlflow'``: ``mlflow_run``, or a run of
+    `ptycholib.tracking.start_run` that lasts as long as the context.
     """
     callbacks = []
     if training_config.logger != "none" and log_dir is not None:
@@ -313,31 +359,13 @@ def _logging(training_config, log_dir, model_config):
         if os.path.exists(csv_path):  # every stage appends to it
             os.remove(csv_path)
         callbacks.append(keras.callbacks.CSVLogger(csv_path, append=True))
-    if training_config.logger != "mlflow":
+    with contextlib.ExitStack() as stack:
+        if training_config.logger == "mlflow":
+            if mlflow_run is None:
+                mlflow_run = stack.enter_context(tracking.start_run(model_config, training_config, log_dir))
+            if mlflow_run is not None:  # None in the other processes of a multi-process run
+                callbacks.append(_MlflowLogger(mlflow_run))
         yield callbacks
-        return
-    try:
-        import mlflow
-    except ImportError as error:
-        raise ValueError(
-            "logger='mlflow' needs MLflow, which is not installed; `pip install ptycholib[mlflow]` or set "
-            "logger='csv'."
-        ) from error
-    if "MLFLOW_TRACKING_URI" not in os.environ:
-        # MLflow 3 keeps its plain-file store only on request; it needs no database package.
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        if log_dir is not None:
-            mlflow.set_tracking_uri(f"file:{os.path.abspath(os.path.join(log_dir, 'mlruns'))}")
-    with mlflow.start_run():
-        hyperparameters = {f"model.{k}": v for k, v in dataclasses.asdict(model_config).items()}
-        hyperparameters.update({f"training.{k}": v for k, v in dataclasses.asdict(training_config).items()})
-        mlflow.log_params({k: str(v)[:250] for k, v in hyperparameters.items()})
-
-        def log_epoch(epoch, logs):
-            values = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float, np.floating))}
-            mlflow.log_metrics(values, step=epoch)
-
-        yield callbacks + [keras.callbacks.LambdaCallback(on_epoch_end=log_epoch)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -356,6 +384,7 @@ def train(
     log_dir=None,
     progress=True,
     callback=None,
+    mlflow_run=None,
 ):
     """Train a model in place with the configured multi-stage schedule.
 
@@ -385,21 +414,28 @@ def train(
         Fraction of groups held out (`ptycholib.batching.split_validation`, seeded); default
         ``training_config.validation_fraction``.
     log_dir : str or path-like, optional
-        Folder for ``metrics.csv`` (one row per epoch: epoch, stage, learning_rate, physics_weight,
-        loss, val_loss, best_epoch; not with ``logger='none'``) and, with ``logger='mlflow'``, the
-        MLflow file store ``mlruns/`` (unless ``MLFLOW_TRACKING_URI`` is set). None: no files.
+        Folder for ``metrics.csv`` (one row per epoch, the columns of the records; not with
+        ``logger='none'``) and, with ``logger='mlflow'``, the MLflow file store ``mlruns/`` (unless
+        ``MLFLOW_TRACKING_URI`` is set). None: no files.
     progress : bool
         Show a progress bar.
     callback : callable, optional
         Called after every epoch with that epoch's record (a dict, see Returns).
+    mlflow_run : ptycholib.tracking.MlflowRun, optional
+        With ``logger='mlflow'``, the open run that gets each epoch's record (what
+        `ptycholib.workflow.train_model` passes); default: a new run for this call.
 
     Returns
     -------
     list of dict
-        One per epoch run: ``epoch, stage, learning_rate, physics_weight, loss, val_loss,
-        best_epoch`` (``val_loss`` is NaN without validation groups), with the physics weight that
+        One per epoch run, with the keys of `ptycholib.tracking.HISTORY_COLUMNS`: ``epoch, stage,
+        learning_rate, physics_weight, loss, val_loss, deviance, val_deviance, amplitude_mae,
+        val_amplitude_mae, best_epoch`` (``val_*`` are NaN without validation groups; ``deviance``
+        and ``amplitude_mae`` are NaN for ``model_type='supervised'``), with the physics weight that
         the epoch used and the learning rate of its first optimiser step (``cosine`` and
-        ``onecycle`` change it every step). ``best_epoch`` is the epoch of lowest monitored loss so
+        ``onecycle`` change it every step). ``deviance`` is the Poisson deviance per pixel
+        (`ptycholib.metrics.poisson_deviance`, about 1 at the noise floor), the readable version of
+        the loss, which it leaves unchanged. ``best_epoch`` is the epoch of lowest monitored loss so
         far (validation loss, or training loss without validation groups); after early stopping
         with ``early_stopping_restore_best`` the model holds that epoch's weights (the last record's
         ``best_epoch``). Shorter than ``nepochs`` only after early stopping.
@@ -459,7 +495,7 @@ def train(
     callbacks = [_SharedSchedule(optimizer, lr_schedule), history]
     groups = _Groups(data.groups)
     val_data = groups.batches(validation, [0]) if module.has_validation else None
-    with _logging(training_config, log_dir, model.model_config) as loggers:
+    with _logging(training_config, log_dir, model.model_config, mlflow_run) as loggers:
         module.set_precision(_PRECISIONS[data.precision])
         try:
             for stage in sorted({entry.stage for entry in data.plan}):

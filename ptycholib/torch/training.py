@@ -8,6 +8,10 @@ same batches. The loss of an epoch with physics weight ``p`` is
 ``p * (nll_weight * NLL + mae_weight * MAE) + (1 - p) * MAE`` on diffraction amplitudes
 (``model_type='pinn'``), or ``mean|A - |Y|| + mean|phi - angle(Y)|`` against ground-truth patches
 (``model_type='supervised'``). ``ptycholib.tensorflow.training`` is the same text with Keras ``fit``.
+Beside the loss, each epoch's record holds the data fit a reader can interpret, computed per
+batch from the same prediction without changing the objective: the Poisson deviance per pixel
+(`_poisson_deviance`, as `ptycholib.metrics.poisson_deviance`) and the amplitude MAE, for the
+training batches and the validation groups (`ptycholib.tracking.HISTORY_COLUMNS`).
 
 Lightning: a LightningModule holds the loss, an ``LRScheduler`` stepped after every optimiser step
 (``interval='step'``) sets the rates, and callbacks record each epoch. The groups stay in memory as
@@ -28,12 +32,13 @@ import lightning as L
 import numpy as np
 import torch
 
-from .. import batching, schedules
+from .. import batching, schedules, tracking
 from . import network, physics
 
 __all__ = ["train", "predict_patches", "loss_gradients"]
 
 _PRECISIONS = {"32": "32-true", "bf16-mixed": "bf16-mixed"}  # Lightning's names
+_EPOCH_MEANS = ("loss", "deviance", "amplitude_mae")  # per-epoch means in the history, also as val_*
 
 
 # --------------------------------------------------------------------------------------------------
@@ -41,10 +46,30 @@ _PRECISIONS = {"32": "32-true", "bf16-mixed": "bf16-mixed"}  # Lightning's names
 
 
 def _pinn_loss(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight):
+    return _pinn_loss_and_fit(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight)[0]
+
+
+def _pinn_loss_and_fit(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight):
+    """One batch's loss and its data fit ``{"deviance": ..., "amplitude_mae": ...}`` (no gradient through the fit)."""
     _, predicted = model(x, offsets)
     mae = physics.amplitude_mae(predicted, amplitudes)
     nll = physics.poisson_nll(predicted, amplitudes)
-    return physics_weight * (nll_weight * nll + mae_weight * mae) + (1.0 - physics_weight) * mae
+    loss = physics_weight * (nll_weight * nll + mae_weight * mae) + (1.0 - physics_weight) * mae
+    return loss, {"deviance": _poisson_deviance(predicted, amplitudes), "amplitude_mae": mae.detach()}
+
+
+def _poisson_deviance(predicted, measured):
+    """Poisson deviance per pixel of one batch, as `ptycholib.metrics.poisson_deviance` (float32, no gradient).
+
+    ``2 mean(a^2 log(a^2 / a_hat^2) - (a^2 - a_hat^2))`` with ``0 log 0 = 0``; the log of the ratio
+    keeps float32 accurate where ``a_hat^2`` is close to ``a^2``, which is where training ends up.
+    """
+    predicted_intensity = predicted.detach().float().square()
+    measured_intensity = measured.float().square()
+    has_counts = measured_intensity > 0
+    ratio = torch.where(has_counts, measured_intensity / predicted_intensity, torch.ones_like(measured_intensity))
+    saturated = torch.where(has_counts, measured_intensity * torch.log(ratio), torch.zeros_like(measured_intensity))
+    return 2.0 * torch.mean(saturated - (measured_intensity - predicted_intensity))
 
 
 def _supervised_loss(net, x, target_amplitude, target_phase):
@@ -160,9 +185,10 @@ class _Module(L.LightningModule):
     # steps ----------------------------------------------------------------------------------------
 
     def _loss(self, batch):
+        """The batch's loss and data fit (`_pinn_loss_and_fit`; no fit for the supervised baseline)."""
         if self.supervised:
-            return _supervised_loss(self.model.net, batch["inputs"], batch["amplitude"], batch["phase"])
-        return _pinn_loss(
+            return _supervised_loss(self.model.net, batch["inputs"], batch["amplitude"], batch["phase"]), {}
+        return _pinn_loss_and_fit(
             self.model,
             batch["inputs"],
             batch["offsets"],
@@ -172,10 +198,11 @@ class _Module(L.LightningModule):
             self.training_config.mae_weight,
         )
 
-    def _accumulate(self, key, loss, batch):
+    def _accumulate(self, prefix, loss, fit, batch):
         count = batch["inputs"].shape[0]
-        total, n = self._sums.get(key, (0.0, 0))
-        self._sums[key] = (total + loss.detach().float() * count, n + count)
+        for name, value in {"loss": loss, **fit}.items():
+            total, n = self._sums.get(prefix + name, (0.0, 0))
+            self._sums[prefix + name] = (total + value.detach().float() * count, n + count)
 
     def _epoch_mean(self, key):
         total, n = self._sums.pop(key, (torch.zeros((), device=self.device), 0))
@@ -185,22 +212,27 @@ class _Module(L.LightningModule):
         return float(values[0] / values[1]) if float(values[1]) > 0 else math.nan
 
     def training_step(self, batch, batch_idx):
-        loss = self._loss(batch)
-        self._accumulate("loss", loss, batch)
+        loss, fit = self._loss(batch)
+        self._accumulate("", loss, fit, batch)
         return loss
 
     def validation_step(self, batch, batch_idx):
-        self._accumulate("val_loss", self._loss(batch), batch)
+        loss, fit = self._loss(batch)
+        self._accumulate("val_", loss, fit, batch)
 
     def on_validation_epoch_end(self):
-        self.val_loss = self._epoch_mean("val_loss")
+        self.val_means = {f"val_{name}": self._epoch_mean(f"val_{name}") for name in _EPOCH_MEANS}
+        self.val_loss = self.val_means["val_loss"]
         self.log("val_loss", self.val_loss, prog_bar=True, logger=False, sync_dist=False)
 
     def finish_train_epoch(self):
-        """Return the epoch's mean training loss over all ranks (called by `_History`)."""
-        loss = self._epoch_mean("loss")
-        self.log("loss", loss, prog_bar=True, logger=False, sync_dist=False)
-        return loss
+        """Return the epoch's mean training loss, deviance and amplitude MAE over all ranks (a dict; for `_History`).
+
+        NaN where nothing was accumulated (the supervised baseline has no data fit).
+        """
+        means = {name: self._epoch_mean(name) for name in _EPOCH_MEANS}
+        self.log("loss", means["loss"], prog_bar=True, logger=False, sync_dist=False)
+        return means
 
     # data -----------------------------------------------------------------------------------------
 
@@ -283,8 +315,10 @@ class _History(L.Callback):
 
     def on_train_epoch_end(self, trainer, module):
         entry = module.plan[trainer.current_epoch]
-        loss = module.finish_train_epoch()
-        val_loss = getattr(module, "val_loss", math.nan) if module.has_validation else math.nan
+        means = module.finish_train_epoch()
+        loss = means["loss"]
+        val_means = getattr(module, "val_means", {}) if module.has_validation else {}
+        val_loss = val_means.get("val_loss", math.nan)
         module.lr_schedule.record(val_loss if module.has_validation else loss)
         module.lr_scheduler.refresh()
         best_epoch = module.lr_schedule.best_epoch
@@ -297,6 +331,10 @@ class _History(L.Callback):
             "physics_weight": float(entry.physics_weight),
             "loss": loss,
             "val_loss": val_loss,
+            "deviance": means["deviance"],
+            "val_deviance": val_means.get("val_deviance", math.nan),
+            "amplitude_mae": means["amplitude_mae"],
+            "val_amplitude_mae": val_means.get("val_amplitude_mae", math.nan),
             "best_epoch": best_epoch,
         }
         self.records.append(record)
@@ -333,20 +371,43 @@ def _set_trainable(model, epochs, training_config, supervised):
         parameter.requires_grad_(True)
 
 
+class _MlflowLogger(L.pytorch.loggers.Logger):
+    """Each epoch's record to an open `ptycholib.tracking.MlflowRun` (a Lightning logger; the run has the configs)."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+
+    @property
+    def name(self):
+        return "mlflow"
+
+    @property
+    def version(self):
+        return self.run.run_id
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass  # `ptycholib.tracking.start_run` logged both configs
+
+    def log_metrics(self, metrics, step=None):
+        self.run.log_metrics(metrics, step=step)
+
+
 @contextlib.contextmanager
-def _logging(training_config, log_dir, model_config):
+def _logging(training_config, log_dir, model_config, mlflow_run=None):
     """Yield the run's Lightning loggers; meanwhile Lightning's start-up banners and advice stay quiet.
 
     A CSV log (``log_dir/metrics.csv``, one row per epoch, the same file as the TensorFlow
-    backend's) unless ``logger='none'``, plus MLflow with ``logger='mlflow'``; both get the configs
-    as hyperparameters.
+    backend's, with the configs in ``hparams.yaml``) unless ``logger='none'``, plus MLflow with
+    ``logger='mlflow'``: ``mlflow_run``, or a run of `ptycholib.tracking.start_run` that lasts as
+    long as the context.
     """
     names = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric")
     saved = {name: logging.getLogger(name).level for name in names}
     for name in names:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.ExitStack() as stack:
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*smaller than the logging interval.*")
             warnings.filterwarnings("ignore", message=".*logs directory .* exists and is not empty.*")
@@ -358,19 +419,10 @@ def _logging(training_config, log_dir, model_config):
             if training_config.logger != "none" and log_dir is not None:
                 loggers.append(L.pytorch.loggers.CSVLogger(save_dir=log_dir, name="", version=""))
             if training_config.logger == "mlflow":
-                try:
-                    import mlflow  # noqa: F401
-                except ImportError as error:
-                    raise ValueError(
-                        "logger='mlflow' needs MLflow, which is not installed; `pip install ptycholib[mlflow]` or "
-                        "set logger='csv'."
-                    ) from error
-                tracking = os.environ.get("MLFLOW_TRACKING_URI")
-                if tracking is None:
-                    # MLflow 3 keeps its plain-file store only on request; it needs no database package.
-                    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-                    tracking = f"file:{os.path.abspath(os.path.join(log_dir or '.', 'mlruns'))}"
-                loggers.append(L.pytorch.loggers.MLFlowLogger(experiment_name="ptycholib", tracking_uri=tracking))
+                if mlflow_run is None:
+                    mlflow_run = stack.enter_context(tracking.start_run(model_config, training_config, log_dir))
+                if mlflow_run is not None:  # None in the other processes of a multi-process run
+                    loggers.append(_MlflowLogger(mlflow_run))
             hyperparameters = {f"model.{k}": v for k, v in dataclasses.asdict(model_config).items()}
             hyperparameters.update({f"training.{k}": v for k, v in dataclasses.asdict(training_config).items()})
             hyperparameters = {k: str(v) if isinstance(v, (tuple, list)) else v for k, v in hyperparameters.items()}
@@ -398,6 +450,7 @@ def train(
     log_dir=None,
     progress=True,
     callback=None,
+    mlflow_run=None,
 ):
     """Train a model in place with the configured multi-stage schedule.
 
@@ -427,21 +480,28 @@ def train(
         Fraction of groups held out (`ptycholib.batching.split_validation`, seeded); default
         ``training_config.validation_fraction``.
     log_dir : str or path-like, optional
-        Folder for ``metrics.csv`` (one row per epoch: epoch, stage, learning_rate, physics_weight,
-        loss, val_loss, best_epoch; not with ``logger='none'``) and, with ``logger='mlflow'``, the
-        MLflow file store ``mlruns/`` (unless ``MLFLOW_TRACKING_URI`` is set). None: no files.
+        Folder for ``metrics.csv`` (one row per epoch, the columns of the records; not with
+        ``logger='none'``) and, with ``logger='mlflow'``, the MLflow file store ``mlruns/`` (unless
+        ``MLFLOW_TRACKING_URI`` is set). None: no files.
     progress : bool
         Show a progress bar.
     callback : callable, optional
         Called after every epoch with that epoch's record (a dict, see Returns).
+    mlflow_run : ptycholib.tracking.MlflowRun, optional
+        With ``logger='mlflow'``, the open run that gets each epoch's record (what
+        `ptycholib.workflow.train_model` passes); default: a new run for this call.
 
     Returns
     -------
     list of dict
-        One per epoch run: ``epoch, stage, learning_rate, physics_weight, loss, val_loss,
-        best_epoch`` (``val_loss`` is NaN without validation groups), with the physics weight that
+        One per epoch run, with the keys of `ptycholib.tracking.HISTORY_COLUMNS`: ``epoch, stage,
+        learning_rate, physics_weight, loss, val_loss, deviance, val_deviance, amplitude_mae,
+        val_amplitude_mae, best_epoch`` (``val_*`` are NaN without validation groups; ``deviance``
+        and ``amplitude_mae`` are NaN for ``model_type='supervised'``), with the physics weight that
         the epoch used and the learning rate of its first optimiser step (``cosine`` and
-        ``onecycle`` change it every step). ``best_epoch`` is the epoch of lowest monitored loss so
+        ``onecycle`` change it every step). ``deviance`` is the Poisson deviance per pixel
+        (`ptycholib.metrics.poisson_deviance`, about 1 at the noise floor), the readable version of
+        the loss, which it leaves unchanged. ``best_epoch`` is the epoch of lowest monitored loss so
         far (validation loss, or training loss without validation groups); after early stopping
         with ``early_stopping_restore_best`` the model holds that epoch's weights (the last record's
         ``best_epoch``). Shorter than ``nepochs`` only after early stopping.
@@ -483,7 +543,7 @@ def train(
                 save_last=True,
             )
         )
-    with _logging(training_config, log_dir, model.model_config) as loggers:
+    with _logging(training_config, log_dir, model.model_config, mlflow_run) as loggers:
         trainer = L.Trainer(
             accelerator=training_config.accelerator,
             devices=training_config.devices,

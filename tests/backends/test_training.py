@@ -16,8 +16,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from ptycholib import forward
-from ptycholib.batching import epoch_plan
+from ptycholib import forward, metrics, tracking
+from ptycholib.batching import epoch_plan, split_validation
 from ptycholib.config import ModelConfig, Stage, TrainingConfig
 
 N = 64
@@ -135,7 +135,27 @@ def test_mlflow_logger_records_epochs(backend, tmp_path, monkeypatch):
     assert len(history) == 1
     assert (tmp_path / "metrics.csv").is_file()
     metric_files = {path.name for path in (tmp_path / "mlruns").rglob("*") if path.parent.name == "metrics"}
-    assert {"loss", "val_loss", "physics_weight", "learning_rate"} <= metric_files
+    assert {"loss", "val_loss", "physics_weight", "learning_rate", "deviance", "val_amplitude_mae"} <= metric_files
+
+
+def test_logged_deviance_and_amplitude_mae_match_numpy(backend):
+    """The history's data fit is `ptycholib.metrics.poisson_deviance` (and the amplitude MAE) of the same groups."""
+    groups = make_groups(n_groups=10)
+    inputs, offsets, amplitudes = groups[:3]
+    model = build(backend, groups)
+    # An update of 1e-30 leaves float32 weights unchanged, so the epoch sees the model as built; batches of 3
+    # (the last one short) check that the epoch mean weights every group alike.
+    config = TrainingConfig(batch_size=3, nepochs=1, learning_rate=1e-30, validation_fraction=0.3, logger="none")
+    (record,) = backend.training.train(model, inputs, offsets, amplitudes, config, progress=False)
+    predicted = backend.physics.to_numpy(backend.network.forward_model(model, inputs, offsets)[1])
+    train, val = split_validation(len(inputs), 0.3, config.seed)
+    for prefix, indices in (("", train), ("val_", val)):
+        expected = metrics.poisson_deviance(predicted[indices], amplitudes[indices])
+        assert expected > 1.0
+        np.testing.assert_allclose(record[f"{prefix}deviance"], expected, rtol=2e-4)
+        np.testing.assert_allclose(record[f"{prefix}amplitude_mae"],
+                                   forward.amplitude_mae(predicted[indices], amplitudes[indices]), rtol=2e-4)
+    assert list(record) == list(tracking.HISTORY_COLUMNS)  # the documented history.csv columns, in order
 
 
 def test_early_stopping_on_validation_loss(backend):
@@ -158,6 +178,7 @@ def test_supervised_baseline_fits_patches(backend):
     probe_before = backend.network.get_weights(model)["physics.probe"]
     history = backend.training.train(model, inputs, offsets, amplitudes, config, target_patches=patches, progress=False)
     assert history[-1]["loss"] < history[0]["loss"]
+    assert all(math.isnan(r["deviance"]) and math.isnan(r["val_amplitude_mae"]) for r in history)  # no data fit
     np.testing.assert_array_equal(backend.network.get_weights(model)["physics.probe"], probe_before)
     with pytest.raises(ValueError, match="target_patches"):
         backend.training.train(model, inputs, offsets, amplitudes, config, progress=False)
