@@ -435,15 +435,16 @@ def test_npz_bomb_in_a_subprocess_keeps_rss_small(inputs, tmp_path):
                 member.write(zeros)
     assert scan.stat().st_size < 8 * 2**20  # about 200 times smaller than what it declares
     code = (
-        "import resource, sys; from ptycholib.cli import main; status = main(sys.argv[1:]); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(status)"
+        # VmHWM: this process image's peak RSS (ru_maxrss would include the forking test process's size)
+        "import re, sys; from ptycholib.cli import main; status = main(sys.argv[1:]); "
+        "print(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(status)"
     )
     env = dict(os.environ, **{_io.MAX_ARRAY_BYTES_ENV: str(2**28)})
     result = subprocess.run([sys.executable, "-c", code, "train", "--data", str(scan), "--out", str(tmp_path / "out")],
                             capture_output=True, text=True, env=env)
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "more than the 256 MiB" in result.stderr
-    assert int(result.stdout.split()[-1]) * 1024 < MEMORY_LIMIT  # ru_maxrss is in KiB on Linux
+    assert int(result.stdout.split()[-1]) * 1024 < MEMORY_LIMIT  # VmHWM is in KiB
     assert not (tmp_path / "out").exists()
 
 
@@ -512,17 +513,6 @@ def test_out_that_is_an_existing_file_is_refused(tiny_data_dir, tmp_path, capsys
 def test_out_that_is_a_folder_is_refused_by_reconstruct(good_model, tiny_data_dir, tmp_path, capsys):
     (tmp_path / "out" / "recon.npz").mkdir(parents=True)
     _refused(_reconstruct(good_model, tiny_data_dir / "test.npz", tmp_path), tmp_path, capsys, "is a folder")
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; see the os.access variant")
-def test_read_only_output_folder_is_refused(good_model, tiny_data_dir, tmp_path, capsys):
-    locked = tmp_path / "out"
-    locked.mkdir()
-    locked.chmod(0o555)
-    try:
-        _refused(_reconstruct(good_model, tiny_data_dir / "test.npz", tmp_path), tmp_path, capsys, "cannot write")
-    finally:
-        locked.chmod(0o755)
 
 
 @pytest.mark.parametrize("command", ["train", "reconstruct", "simulate"])

@@ -113,7 +113,7 @@ def test_notebook_runs_carry_their_grid_point_as_tags(tmp_path, monkeypatch):
     notebook = tmp_path / "07_grid.py"
     notebook.write_text('# %% tags=["parameters"]\nsmoke = False\nfig_dir = "."\na = 0\n')
     runs = notebooks.run_notebooks(["07"], grid=["a=1,2"], out_dir=tmp_path / "out", fig_dir=tmp_path / "fig",
-                                   notebook_dir=tmp_path)
+                                   notebook_dir=tmp_path, html=False)
     assert len(runs) == 2
     assert [tags["a"] for tags in seen] == ["1", "2"]
     assert seen[0]["notebook"] == "07_grid" and seen[0]["mlflow.runName"] == "07_grid__a-1"
