@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 
@@ -38,10 +39,10 @@ _PRECISIONS = {"32": "float32", "bf16-mixed": "mixed_bfloat16"}  # Keras's dtype
 # losses
 
 
-def _pinn_loss(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight):
+def _pinn_loss(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight, bad_pixels=None):
     _, predicted = model(x, offsets)
-    mae = physics.amplitude_mae(predicted, amplitudes)
-    nll = physics.poisson_nll(predicted, amplitudes)
+    mae = physics.amplitude_mae(predicted, amplitudes, bad_pixels=bad_pixels)
+    nll = physics.poisson_nll(predicted, amplitudes, bad_pixels=bad_pixels)
     return physics_weight * (nll_weight * nll + mae_weight * mae) + (1.0 - physics_weight) * mae
 
 
@@ -111,9 +112,10 @@ class _BatchSampler:
 class _Module(keras.Model):
     """The physics-informed model, its loss and the per-epoch schedule (a Keras model ``fit`` trains)."""
 
-    def __init__(self, model, plan, training_config, lr_schedule, *, supervised, has_validation):
+    def __init__(self, model, plan, training_config, lr_schedule, *, supervised, has_validation, bad_pixels=None):
         super().__init__()
         self.model = model
+        self.bad_pixels = None if bad_pixels is None else tf.constant(bad_pixels)
         self.plan = plan
         self.training_config = training_config
         self.supervised = supervised
@@ -123,6 +125,9 @@ class _Module(keras.Model):
             shape=(), initializer="ones", trainable=False, name="physics_weight", dtype="float32"
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        # 0 while every step is finite, 1 after a non-finite loss, 2 after a non-finite gradient (`_FiniteGuard`).
+        self.nonfinite = self.add_weight(shape=(), initializer="zeros", trainable=False, name="nonfinite",
+                                         dtype="float32", aggregation="only_first_replica")
         self.built = True  # every variable exists: no symbolic build (MirroredStrategy would ask for one)
 
     @property
@@ -147,6 +152,7 @@ class _Module(keras.Model):
             self.physics_weight,
             self.training_config.nll_weight,
             self.training_config.mae_weight,
+            self.bad_pixels,
         )
 
     def _accumulate(self, loss, batch):
@@ -158,7 +164,10 @@ class _Module(keras.Model):
             loss = self._loss(batch)
             # optimiser.apply sums gradients over replicas; dividing keeps the mean.
             scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
-        self.optimizer.apply(tape.gradient(scaled, variables), variables)
+        grads = tape.gradient(scaled, variables)
+        grads_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(grad)) for grad in grads if grad is not None])
+        self.nonfinite.assign(tf.where(tf.math.is_finite(loss), tf.where(grads_finite, 0.0, 2.0), 1.0))
+        self.optimizer.apply(grads, variables)
         self._accumulate(loss, batch)
         return {"loss": self.loss_tracker.result()}
 
@@ -261,6 +270,93 @@ class _History(keras.callbacks.Callback):
             network.set_weights(self.model.model, self.best_weights)
 
 
+class _FiniteGuard(keras.callbacks.Callback):
+    """Stop training at the first non-finite loss or gradient (`_Module.nonfinite`, set by every step).
+
+    One device-to-host read per step. Raises `ptycholib.batching.NonFiniteLossError` naming the
+    epoch and batch; no backup of the broken epoch is written.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        code = float(self.model.nonfinite.numpy())
+        if code:
+            raise batching.NonFiniteLossError(self.epoch, batch, "loss" if code == 1.0 else "gradient")
+
+
+class _Backup(keras.callbacks.BackupAndRestore):
+    """Keras's BackupAndRestore in ``log_dir/backup``, after every epoch, plus the rest of the run's state.
+
+    ``latest.weights.h5`` (HDF5: weights, Adam's moments and step count) and
+    ``training_metadata.json`` are Keras's; ``state.json`` adds the history, the schedule's losses
+    and the early-stopping counters, ``best.npz`` (``allow_pickle=False``) the best epoch's weights
+    when they are kept. None of them is a pickle. Restoring happens once, in `restore`, before the
+    first stage's ``fit`` (the stages are one ``fit`` each; Keras's own restore in every
+    ``on_train_begin`` would reload a stale backup).
+    """
+
+    def __init__(self, log_dir, history):
+        super().__init__(backup_dir=_checkpoint_dir(log_dir), delete_checkpoint=False)
+        self.history = history
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def _save_model(self):
+        super()._save_model()
+        history, module = self.history, self.model
+        best = os.path.join(self.backup_dir, "best.npz")
+        if history.best_weights is not None:
+            np.savez(best, **history.best_weights)
+        state = {
+            "epoch": self._current_epoch,
+            "records": history.records,
+            "losses": list(module.lr_schedule.losses),
+            "early_stopping": {"best": history.best, "waited": history.waited, "stopped": history.stopped},
+            "best_weights": history.best_weights is not None,
+        }
+        with open(os.path.join(self.backup_dir, "state.json"), "w") as handle:
+            json.dump(state, handle)
+
+    def restore(self, module, state):
+        """Load the backup into ``module`` (compiled) and the history; return the first epoch to run."""
+        module.load_weights(self._weights_path)
+        history = self.history
+        history.records[:] = [dict(record) for record in state["records"]]
+        module.lr_schedule.losses = [float(loss) for loss in state["losses"]]
+        stopping = state["early_stopping"]
+        history.best, history.waited, history.stopped = float(stopping["best"]), int(stopping["waited"]), bool(stopping["stopped"])
+        if state["best_weights"]:
+            with np.load(os.path.join(self.backup_dir, "best.npz"), allow_pickle=False) as saved:
+                history.best_weights = {name: saved[name] for name in saved.files}
+        return int(state["epoch"])
+
+
+def _checkpoint_dir(log_dir):
+    return os.path.join(log_dir, "backup")
+
+
+def _resume_from(log_dir):
+    """The backup's ``state.json`` (a dict); ValueError when there is none or it does not match Keras's."""
+    folder = _checkpoint_dir(log_dir)
+    try:
+        with open(os.path.join(folder, "state.json")) as handle:
+            state = json.load(handle)
+        with open(os.path.join(folder, "training_metadata.json")) as handle:
+            epoch = json.load(handle)["epoch"]
+    except FileNotFoundError:
+        raise ValueError(f"nothing to resume in {log_dir}: no backup/ (no epoch of that run completed).") from None
+    if epoch != state["epoch"] or not os.path.isfile(os.path.join(folder, "latest.weights.h5")):
+        raise ValueError(f"the backup in {folder} is incomplete (interrupted while it was written); train afresh.")
+    return state
+
+
 # --------------------------------------------------------------------------------------------------
 # set-up: devices, trainable parts, logging
 
@@ -288,6 +384,19 @@ def _strategy(training_config):
             "tf.config.set_logical_device_configuration before TensorFlow starts."
         )
     return tf.distribute.MirroredStrategy(devices=available[:devices])
+
+
+def _bad_pixels_mask(bad_pixels, size):
+    """The (N, N) boolean mask, checked, or None when no pixel is bad."""
+    if bad_pixels is None:
+        return None
+    mask = np.asarray(physics.to_numpy(bad_pixels))
+    if mask.shape != (size, size) or mask.dtype.kind not in "biu":
+        raise ValueError(f"bad_pixels must be a boolean ({size}, {size}) mask; got {mask.dtype} of shape {mask.shape}.")
+    mask = mask.astype(bool)
+    if mask.all():
+        raise ValueError("bad_pixels marks every detector pixel; nothing is left to train on.")
+    return mask if mask.any() else None
 
 
 def _set_trainable(model, epochs, training_config, supervised):
@@ -356,6 +465,8 @@ def train(
     log_dir=None,
     progress=True,
     callback=None,
+    bad_pixels=None,
+    resume=False,
 ):
     """Train a model in place with the configured multi-stage schedule.
 
@@ -392,6 +503,12 @@ def train(
         Show a progress bar.
     callback : callable, optional
         Called after every epoch with that epoch's record (a dict, see Returns).
+    bad_pixels : ndarray of shape (N, N), bool, optional
+        Detector pixels left out of the loss (True = not measured; ``PtychoData.bad_pixels``).
+    resume : bool
+        Continue the run whose checkpoints are in ``log_dir`` from its last complete epoch (weights,
+        optimiser, schedule position, batch order, history); the model's own weights are replaced.
+        The config and data must be the run's.
 
     Returns
     -------
@@ -411,7 +528,10 @@ def train(
     many TensorFlow devices, with ``batch_size`` split over them and the last partial batch dropped.
     ``precision='bf16-mixed'`` makes the convolutions compute in bfloat16 during training (Keras
     ``mixed_bfloat16`` policy; weights, heads' activations and physics stay float32), about 3x
-    faster on CPUs with AMX; the model predicts in float32 again afterwards.
+    faster on CPUs with AMX; the model predicts in float32 again afterwards. With ``log_dir``, every
+    epoch is backed up in ``log_dir/backup`` (`_Backup`: Keras's BackupAndRestore, HDF5 and JSON,
+    no pickles), which ``resume`` continues from. A non-finite loss or gradient raises
+    `ptycholib.batching.NonFiniteLossError` (epoch and batch).
     """
     if not isinstance(model, network.PhysicsModel):
         raise TypeError(f"train needs the model from build_model; got {type(model).__name__}.")
@@ -422,6 +542,10 @@ def train(
         model.model_config, training_config, inputs, offsets, amplitudes,
         target_patches=target_patches, validation_fraction=validation_fraction,
     )
+    if resume and log_dir is None:
+        raise ValueError("resume=True needs the log_dir of the run to continue.")
+    bad_pixels = _bad_pixels_mask(bad_pixels, model.model_config.N)
+    resumed = _resume_from(log_dir) if resume else None
     strategy = _strategy(training_config)
     replicas, batch_size = strategy.num_replicas_in_sync, training_config.batch_size
     if replicas > 1:
@@ -448,7 +572,7 @@ def train(
             work = network.build_model(model.model_config, physics.to_numpy(model.probe), 1.0)
             network.set_weights(work, network.get_weights(model))
         module = _Module(work, data.plan, training_config, lr_schedule, supervised=data.supervised,
-                         has_validation=len(validation) > 0)
+                         has_validation=len(validation) > 0, bad_pixels=bad_pixels)
         # epsilon as torch.optim.Adam's default, so that both backends take the same steps.
         optimizer = keras.optimizers.Adam(learning_rate=data.plan[0].learning_rate, epsilon=1e-8)
         optimizer.build(list(network._canonical_parameters(work).values()))
@@ -456,14 +580,25 @@ def train(
     early_stopping = training_config.early_stopping_patience is not None and module.has_validation
     history = _History(records, callback, restore_best=early_stopping and training_config.early_stopping_restore_best,
                        patience=training_config.early_stopping_patience)
-    callbacks = [_SharedSchedule(optimizer, lr_schedule), history]
+    callbacks = [_SharedSchedule(optimizer, lr_schedule), history, _FiniteGuard()]
+    start = 0
+    if log_dir is not None:
+        backup = _Backup(log_dir, history)
+        callbacks.append(backup)
+        if resumed is not None:
+            backup.set_model(module)
+            with strategy.scope():
+                module.compile(optimizer=optimizer, jit_compile=False)
+            start = backup.restore(module, resumed)
     groups = _Groups(data.groups)
     val_data = groups.batches(validation, [0]) if module.has_validation else None
     with _logging(training_config, log_dir, model.model_config) as loggers:
         module.set_precision(_PRECISIONS[data.precision])
         try:
             for stage in sorted({entry.stage for entry in data.plan}):
-                epochs = [entry for entry in data.plan if entry.stage == stage]
+                epochs = [entry for entry in data.plan if entry.stage == stage and entry.epoch >= start]
+                if not epochs or history.stopped:  # done before the interruption
+                    continue
                 _set_trainable(work, epochs, training_config, data.supervised)
                 with strategy.scope():
                     module.compile(optimizer=optimizer, jit_compile=False)
@@ -542,7 +677,8 @@ def predict_patches(model, inputs, offsets, *, batch_size, progress=False):
     return out
 
 
-def loss_gradients(model, inputs, offsets, amplitudes, training_config, *, physics_weight=1.0, target_patches=None):
+def loss_gradients(model, inputs, offsets, amplitudes, training_config, *, physics_weight=1.0, target_patches=None,
+                   bad_pixels=None):
     """Return the gradient of one batch's training loss with respect to every canonical weight.
 
     Parameters
@@ -556,6 +692,8 @@ def loss_gradients(model, inputs, offsets, amplitudes, training_config, *, physi
         The schedule's ``p`` for this step.
     target_patches : ndarray, optional
         Ground truth for ``model_type='supervised'``.
+    bad_pixels : ndarray of shape (N, N), bool, optional
+        Detector pixels left out of the loss, as in `train`.
 
     Returns
     -------
@@ -580,6 +718,7 @@ def loss_gradients(model, inputs, offsets, amplitudes, training_config, *, physi
             loss = _pinn_loss(
                 model, x, physics.to_tensor(offsets), physics.to_tensor(amplitudes),
                 float(physics_weight), float(training_config.nll_weight), float(training_config.mae_weight),
+                _bad_pixels_mask(bad_pixels, model.model_config.N),
             )
     grads = tape.gradient(loss, watched, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return {name: network._to_canonical(name, physics.to_numpy(grad)) for name, grad in zip(parameters, grads)}

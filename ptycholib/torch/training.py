@@ -40,10 +40,10 @@ _PRECISIONS = {"32": "32-true", "bf16-mixed": "bf16-mixed"}  # Lightning's names
 # losses
 
 
-def _pinn_loss(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight):
+def _pinn_loss(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight, bad_pixels=None):
     _, predicted = model(x, offsets)
-    mae = physics.amplitude_mae(predicted, amplitudes)
-    nll = physics.poisson_nll(predicted, amplitudes)
+    mae = physics.amplitude_mae(predicted, amplitudes, bad_pixels=bad_pixels)
+    nll = physics.poisson_nll(predicted, amplitudes, bad_pixels=bad_pixels)
     return physics_weight * (nll_weight * nll + mae_weight * mae) + (1.0 - physics_weight) * mae
 
 
@@ -116,9 +116,12 @@ class _BatchSampler(torch.utils.data.Sampler):
 class _Module(L.LightningModule):
     """The physics-informed model, its loss and the per-epoch schedule (a LightningModule)."""
 
-    def __init__(self, model, plan, training_config, groups, train_idx, val_idx, *, supervised):
+    def __init__(self, model, plan, training_config, groups, train_idx, val_idx, *, supervised, bad_pixels=None):
         super().__init__()
         self.model = model
+        # Not persistent: checkpoints hold what trains, the mask comes with the data.
+        self.register_buffer("bad_pixels", None if bad_pixels is None else torch.as_tensor(bad_pixels), persistent=False)
+        self.last_loss = None
         self.plan = plan
         self.training_config = training_config
         self.supervised = supervised
@@ -170,6 +173,7 @@ class _Module(L.LightningModule):
             self.physics_weight,
             self.training_config.nll_weight,
             self.training_config.mae_weight,
+            self.bad_pixels,
         )
 
     def _accumulate(self, key, loss, batch):
@@ -186,6 +190,7 @@ class _Module(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(batch)
+        self.last_loss = loss.detach()
         self._accumulate("loss", loss, batch)
         return loss
 
@@ -213,6 +218,8 @@ class _Module(L.LightningModule):
             rank=self.global_rank,
             world=self.trainer.world_size,
         )
+        # Lightning draws the first batch before its own set_epoch; after a resume that epoch is not 0.
+        sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
         return torch.utils.data.DataLoader(self.groups, batch_size=None, sampler=sampler, num_workers=0)
 
     def train_dataloader(self):
@@ -310,6 +317,61 @@ class _History(L.Callback):
         if self.best_state is not None:
             module.model.load_state_dict(self.best_state)
 
+    def state_dict(self):
+        # Plain values and tensors only (checkpoints are loaded with weights_only=True).
+        return {"records": [dict(record) for record in self.records], "best_state": self.best_state}
+
+    def load_state_dict(self, state_dict):
+        self.records[:] = [dict(record) for record in state_dict["records"]]
+        self.best_state = state_dict["best_state"]
+
+
+class _FiniteGuard(L.Callback):
+    """Stop training at the first non-finite loss or gradient, before the optimiser takes that step.
+
+    One device-to-host read per step. Raises `ptycholib.batching.NonFiniteLossError` naming the
+    epoch and batch; Lightning then stops without saving a checkpoint of the broken epoch.
+    """
+
+    def __init__(self):
+        self.batch = 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.batch = batch_idx
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        checks = [torch.isfinite(module.last_loss).all()] + [torch.isfinite(grad).all() for grad in grads]
+        if bool(torch.stack(checks).all()):
+            return
+        what = "loss" if not bool(checks[0]) else "gradient"
+        raise batching.NonFiniteLossError(trainer.current_epoch, self.batch, what)
+
+
+class _Backup(L.pytorch.callbacks.ModelCheckpoint):
+    """Checkpoints in ``log_dir/checkpoints``: ``last.ckpt`` after every epoch (what ``resume`` loads).
+
+    Saved at the end of each training epoch, after `_History` has recorded it, so a checkpoint holds
+    whole epochs: weights, Adam's moments, the schedule's step and losses, the loops' epoch (which
+    sets the batch order) and the history so far. They hold tensors and plain Python values only,
+    and `train` loads them with ``weights_only=True`` (torch's restricted unpickler).
+    """
+
+    def __init__(self, log_dir, *, monitor):
+        super().__init__(dirpath=_checkpoint_dir(log_dir), monitor=monitor, save_last=True, save_on_train_epoch_end=True)
+
+
+def _checkpoint_dir(log_dir):
+    return os.path.join(log_dir, "checkpoints")
+
+
+def _resume_from(log_dir):
+    """The checkpoint to resume from: ``log_dir/checkpoints/last.ckpt``; ValueError when there is none."""
+    path = os.path.join(_checkpoint_dir(log_dir), "last.ckpt")
+    if not os.path.isfile(path):
+        raise ValueError(f"nothing to resume in {log_dir}: no checkpoints/last.ckpt (no epoch of that run completed).")
+    return path
+
 
 # --------------------------------------------------------------------------------------------------
 # set-up: devices, trainable parts, logging
@@ -319,6 +381,19 @@ def _strategy(training_config):
     """Lightning's strategy for the config's ``strategy`` (TensorFlow's ``'mirrored'`` is ``'ddp'`` here)."""
     name = str(training_config.strategy)
     return "ddp" if name.lower() == "mirrored" else name
+
+
+def _bad_pixels_mask(bad_pixels, size):
+    """The (N, N) boolean mask, checked, or None when no pixel is bad."""
+    if bad_pixels is None:
+        return None
+    mask = np.asarray(physics.to_numpy(bad_pixels))
+    if mask.shape != (size, size) or mask.dtype.kind not in "biu":
+        raise ValueError(f"bad_pixels must be a boolean ({size}, {size}) mask; got {mask.dtype} of shape {mask.shape}.")
+    mask = mask.astype(bool)
+    if mask.all():
+        raise ValueError("bad_pixels marks every detector pixel; nothing is left to train on.")
+    return mask if mask.any() else None
 
 
 def _set_trainable(model, epochs, training_config, supervised):
@@ -398,6 +473,8 @@ def train(
     log_dir=None,
     progress=True,
     callback=None,
+    bad_pixels=None,
+    resume=False,
 ):
     """Train a model in place with the configured multi-stage schedule.
 
@@ -434,6 +511,12 @@ def train(
         Show a progress bar.
     callback : callable, optional
         Called after every epoch with that epoch's record (a dict, see Returns).
+    bad_pixels : ndarray of shape (N, N), bool, optional
+        Detector pixels left out of the loss (True = not measured; ``PtychoData.bad_pixels``).
+    resume : bool
+        Continue the run whose checkpoints are in ``log_dir`` from its last complete epoch (weights,
+        optimiser, schedule position, batch order, history); the model's own weights are replaced.
+        The config and data must be the run's.
 
     Returns
     -------
@@ -453,7 +536,10 @@ def train(
     device, CPU included, and the spawning strategies are refused because they lose the history.
     ``precision='bf16-mixed'`` runs the network in bfloat16 autocast, physics and weights in
     float32. ``log_dir`` also gets Lightning's ``hparams.yaml`` and checkpoints in ``checkpoints/``
-    (``last.ckpt`` and the best validation loss). The callback runs on rank 0 only.
+    (``last.ckpt`` after every epoch, and the best validation loss): torch pickles that hold only
+    tensors and plain values, loaded with ``weights_only=True``. The callback runs on rank 0 only.
+    A non-finite loss or gradient raises `ptycholib.batching.NonFiniteLossError` (epoch and batch)
+    before the optimiser step.
     """
     if not isinstance(model, network.PhysicsModel):
         raise TypeError(f"train needs the model from build_model; got {type(model).__name__}.")
@@ -465,24 +551,22 @@ def train(
         target_patches=target_patches, validation_fraction=validation_fraction,
     )
     _set_trainable(model, data.plan, training_config, data.supervised)
+    if resume and log_dir is None:
+        raise ValueError("resume=True needs the log_dir of the run to continue.")
+    bad_pixels = _bad_pixels_mask(bad_pixels, model.model_config.N)
     module = _Module(model, data.plan, training_config, _Groups(data.groups), data.train_indices, data.val_indices,
-                     supervised=data.supervised)
+                     supervised=data.supervised, bad_pixels=bad_pixels)
     records = []
     early_stopping = training_config.early_stopping_patience is not None and module.has_validation
-    callbacks = [_History(records, callback, restore_best=early_stopping and training_config.early_stopping_restore_best)]
+    callbacks = [_History(records, callback, restore_best=early_stopping and training_config.early_stopping_restore_best),
+                 _FiniteGuard()]
     if early_stopping:
         callbacks.append(
             L.pytorch.callbacks.EarlyStopping(monitor="val_loss", patience=training_config.early_stopping_patience, mode="min")
         )
     if log_dir is not None:
         os.makedirs(log_dir, exist_ok=True)
-        callbacks.append(
-            L.pytorch.callbacks.ModelCheckpoint(
-                dirpath=os.path.join(log_dir, "checkpoints"),
-                monitor="val_loss" if module.has_validation else None,
-                save_last=True,
-            )
-        )
+        callbacks.append(_Backup(log_dir, monitor="val_loss" if module.has_validation else None))
     with _logging(training_config, log_dir, model.model_config) as loggers:
         trainer = L.Trainer(
             accelerator=training_config.accelerator,
@@ -506,7 +590,7 @@ def train(
                 "or forked processes, whose history cannot be returned; use strategy='ddp' from a script or "
                 "`python -m ptycholib train` (one process per device, CPU included)."
             )
-        trainer.fit(module)
+        trainer.fit(module, ckpt_path=_resume_from(log_dir) if resume else None, weights_only=True)
     return records
 
 
@@ -561,7 +645,8 @@ def predict_patches(model, inputs, offsets, *, batch_size, progress=False):
     return out
 
 
-def loss_gradients(model, inputs, offsets, amplitudes, training_config, *, physics_weight=1.0, target_patches=None):
+def loss_gradients(model, inputs, offsets, amplitudes, training_config, *, physics_weight=1.0, target_patches=None,
+                   bad_pixels=None):
     """Return the gradient of one batch's training loss with respect to every canonical weight.
 
     Parameters
@@ -575,6 +660,8 @@ def loss_gradients(model, inputs, offsets, amplitudes, training_config, *, physi
         The schedule's ``p`` for this step.
     target_patches : ndarray, optional
         Ground truth for ``model_type='supervised'``.
+    bad_pixels : ndarray of shape (N, N), bool, optional
+        Detector pixels left out of the loss, as in `train`.
 
     Returns
     -------
@@ -600,6 +687,7 @@ def loss_gradients(model, inputs, offsets, amplitudes, training_config, *, physi
             loss = _pinn_loss(
                 model, x, physics.to_tensor(offsets, device=device), physics.to_tensor(amplitudes, device=device),
                 float(physics_weight), float(training_config.nll_weight), float(training_config.mae_weight),
+                _bad_pixels_mask(bad_pixels, model.model_config.N),
             )
         grads = torch.autograd.grad(loss, list(parameters.values()), allow_unused=True)
     finally:

@@ -1,0 +1,119 @@
+"""Resuming an interrupted run, and the non-finite guard (issue 16, items 4 and 5), in both backends.
+
+A run interrupted after epoch k (an exception raised by the epoch callback, so that the checkpoint of
+epoch k-1 is the last one written, as after a kill) and resumed with ``resume=True`` must end with the
+weights of an uninterrupted run.
+"""
+
+import importlib
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch  # noqa: F401  (imported first: the CLI tests below load both backends)
+
+from ptycholib.batching import NonFiniteLossError
+from ptycholib.config import ModelConfig, Stage, TrainingConfig
+
+from tests.backends.test_training import build, make_groups
+
+EPOCHS = 4
+
+
+@pytest.fixture(params=["torch", "tensorflow"])
+def backend(request):
+    pytest.importorskip(request.param)
+    return importlib.import_module(f"ptycholib.{request.param}")
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _config(**options):
+    # Two stages, a plateau schedule and a validation split: every piece of state a resume restores.
+    options = {
+        "batch_size": 3, "nepochs": EPOCHS, "learning_rate": 1e-3, "validation_fraction": 0.25, "logger": "none",
+        "lr_schedule": "plateau", "lr_plateau_patience": 1, "lr_plateau_factor": 0.5,
+        "stages": (Stage(epochs=2), Stage(epochs=2, freeze_encoder=True, learning_rate_factor=0.5)),
+        **options,
+    }
+    return TrainingConfig(**options)
+
+
+def _run(backend, groups, config, log_dir, *, stop_at=None, resume=False):
+    inputs, offsets, amplitudes = groups[:3]
+    model = build(backend, groups)
+
+    def callback(record):
+        if stop_at is not None and record["epoch"] == stop_at:
+            raise _Interrupt
+
+    history = backend.training.train(model, inputs, offsets, amplitudes, config, log_dir=log_dir, progress=False,
+                                      callback=callback, resume=resume)
+    return backend.network.get_weights(model), history
+
+
+def test_resumed_run_ends_with_the_uninterrupted_weights(backend, tmp_path):
+    groups = make_groups(n_groups=8)
+    config = _config()
+    straight, straight_history = _run(backend, groups, config, tmp_path / "straight")
+    with pytest.raises(_Interrupt):
+        _run(backend, groups, config, tmp_path / "cut", stop_at=2)  # epochs 0 and 1 complete
+    resumed, history = _run(backend, groups, config, tmp_path / "cut", resume=True)
+    assert [r["epoch"] for r in history] == list(range(EPOCHS))
+    for a, b in zip(straight_history, history):
+        assert a["learning_rate"] == pytest.approx(b["learning_rate"])
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    for name in straight:
+        np.testing.assert_allclose(resumed[name], straight[name], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_resume_without_checkpoints_is_one_clear_error(backend, tmp_path):
+    with pytest.raises(ValueError, match="nothing to resume"):
+        _run(backend, make_groups(n_groups=4), _config(validation_fraction=0.0), tmp_path / "empty", resume=True)
+
+
+def test_checkpoints_hold_no_arbitrary_pickles(tmp_path):
+    pytest.importorskip("torch")
+    import torch
+
+    backend = importlib.import_module("ptycholib.torch")
+    _run(backend, make_groups(n_groups=6), _config(nepochs=1, stages=()), tmp_path)
+    checkpoints = list((tmp_path / "checkpoints").glob("*.ckpt"))
+    assert checkpoints
+    for path in checkpoints:
+        torch.load(path, weights_only=True)  # the restricted unpickler: tensors and plain values only
+
+
+def test_keras_backup_is_hdf5_and_json(tmp_path):
+    pytest.importorskip("tensorflow")
+    backend = importlib.import_module("ptycholib.tensorflow")
+    _run(backend, make_groups(n_groups=6), _config(nepochs=1, stages=()), tmp_path)
+    names = sorted(os.listdir(tmp_path / "backup"))
+    assert names == ["latest.weights.h5", "state.json", "training_metadata.json"]
+    assert json.loads((tmp_path / "backup" / "state.json").read_text())["epoch"] == 1
+
+
+def test_nonfinite_loss_stops_with_epoch_and_batch(backend, tmp_path):
+    groups = list(make_groups(n_groups=8))
+    amplitudes = groups[2].copy()
+    amplitudes[5, 0, 3, 3] = 1e30  # finite, but its square is not in float32: group 5's loss is not finite
+    groups[2] = amplitudes
+    config = _config(validation_fraction=0.0, stages=(), lr_schedule="constant")
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 0, batch \d") as caught:
+        _run(backend, tuple(groups), config, tmp_path)
+    from ptycholib.batching import epoch_order
+
+    order = epoch_order(8, config.seed, 0)
+    assert caught.value.batch == int(np.flatnonzero(order == 5)[0]) // config.batch_size
+    assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())
+
+
+def test_diverging_learning_rate_is_caught(backend):
+    groups = make_groups(n_groups=8)
+    config = _config(validation_fraction=0.0, stages=(), lr_schedule="constant", learning_rate=1e6, nepochs=6)
+    with pytest.raises(NonFiniteLossError, match="non-finite (loss|gradient) at epoch"):
+        _run(backend, groups, config, None)
