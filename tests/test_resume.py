@@ -117,3 +117,66 @@ def test_diverging_learning_rate_is_caught(backend):
     config = _config(validation_fraction=0.0, stages=(), lr_schedule="constant", learning_rate=1e6, nepochs=6)
     with pytest.raises(NonFiniteLossError, match="non-finite (loss|gradient) at epoch"):
         _run(backend, groups, config, None)
+
+
+# --------------------------------------------------------------------------------------------------
+# the command line: --overwrite, --resume, exit 1 on divergence
+
+_TINY = ["--backend", "torch", "--no-progress", "gridsize=1", "n_filters_scale=1", "n_groups=12", "batch_size=4",
+         "validation_fraction=0"]
+
+
+def test_existing_model_needs_overwrite_and_is_left_alone(tiny_data_dir, tmp_path, capsys):
+    from ptycholib.cli import main
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "wts.h5.zip").write_bytes(b"an old model")
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["train", "--data", str(tiny_data_dir / "train.npz"), "--out", str(out), *_TINY, "nepochs=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == before and (out / "wts.h5.zip").read_bytes() == b"an old model"
+
+
+def test_cli_interrupted_run_resumes_to_the_straight_weights(tiny_data_dir, tmp_path, capsys, monkeypatch):
+    from ptycholib import archive
+    from ptycholib.cli import main
+    from ptycholib.torch import training
+
+    train = ["train", "--data", str(tiny_data_dir / "train.npz"), *_TINY, "nepochs=3"]
+    assert main([*train, "--out", str(tmp_path / "straight")]) == 0
+    record_epoch = training._History.on_train_epoch_end
+
+    def interrupted(self, trainer, module):
+        if trainer.current_epoch == 2:
+            raise KeyboardInterrupt  # Ctrl-C in epoch 2: epochs 0 and 1 are checkpointed
+        record_epoch(self, trainer, module)
+
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as patch:
+        patch.setattr(training._History, "on_train_epoch_end", interrupted)
+        assert main([*train, "--out", str(cut)]) == 130
+    assert f"resume with `ptycholib train --resume {cut}`" in capsys.readouterr().err
+    assert not (cut / "wts.h5.zip").exists()
+    assert main(["train", "--data", str(tiny_data_dir / "train.npz"), "--out", str(tmp_path / "again"),
+                 "--resume", str(cut)]) == 2  # --resume takes the run's own settings
+    assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
+    straight, resumed = archive.load_model(tmp_path / "straight"), archive.load_model(cut)
+    for name, value in straight.weights.items():
+        np.testing.assert_allclose(resumed.weights[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
+    assert (cut / "history.csv").read_text() == (tmp_path / "straight" / "history.csv").read_text()
+
+
+def test_cli_divergence_exits_1_and_keeps_the_old_model(tiny_data_dir, tmp_path, capsys):
+    from ptycholib.cli import main
+
+    out = tmp_path / "model"
+    train = ["train", "--data", str(tiny_data_dir / "train.npz"), "--out", str(out)]
+    assert main([*train, *_TINY, "nepochs=1"]) == 0
+    old = (out / "wts.h5.zip").read_bytes()
+    capsys.readouterr()
+    assert main([*train, "--overwrite", *_TINY, "nepochs=3", "learning_rate=1e6"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite" in err[0] and "epoch" in err[0] and "batch" in err[0]
+    assert (out / "wts.h5.zip").read_bytes() == old
