@@ -84,11 +84,11 @@ def run(args):
     items = list(args.overrides) + ([f"backend={args.backend}"] if args.backend else [])
     config = apply_overrides(config, items)
     dataset = data.load_npz(args.data, measurement=args.measurement)
-    report_problems(dataset, args.data, strict=args.strict)
     initial_weights, parent_record = None, None
     if parent is not None:
         config, initial_weights, parent_record = workflow.fine_tuning_start(parent, dataset, config,
                                                                             parent_path=args.init)
+    report_problems(dataset, args.data, strict=args.strict)
     if args.overwrite:
         shutil.rmtree(out / "logs", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
