@@ -7,15 +7,13 @@ weights of an uninterrupted run.
 
 import importlib
 import json
-import math
 import os
 
 import numpy as np
 import pytest
-import torch  # noqa: F401  (imported first: the CLI tests below load both backends)
 
 from ptycholib.batching import NonFiniteLossError
-from ptycholib.config import ModelConfig, Stage, TrainingConfig
+from ptycholib.config import Stage, TrainingConfig
 
 from tests.backends.test_training import build, make_groups
 
@@ -74,6 +72,26 @@ def test_resumed_run_ends_with_the_uninterrupted_weights(backend, tmp_path):
 def test_resume_without_checkpoints_is_one_clear_error(backend, tmp_path):
     with pytest.raises(ValueError, match="nothing to resume"):
         _run(backend, make_groups(n_groups=4), _config(validation_fraction=0.0), tmp_path / "empty", resume=True)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this code ran",))
+
+
+def test_damaged_or_hostile_checkpoints_are_refused(backend, tmp_path, capsys):
+    import pickle
+
+    groups, config = make_groups(n_groups=6), _config(nepochs=1, stages=(), validation_fraction=0.0)
+    _run(backend, groups, config, tmp_path)
+    if backend.__name__.endswith("torch"):
+        (tmp_path / "checkpoints" / "last.ckpt").write_bytes(pickle.dumps({"state_dict": _Payload()}))
+    else:
+        path = tmp_path / "backup" / "latest.weights.h5"
+        path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot be read"):
+        _run(backend, groups, config, tmp_path, resume=True)
+    assert "this code ran" not in capsys.readouterr().out
 
 
 def test_checkpoints_hold_no_arbitrary_pickles(tmp_path):
@@ -180,3 +198,38 @@ def test_cli_divergence_exits_1_and_keeps_the_old_model(tiny_data_dir, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "non-finite" in err[0] and "epoch" in err[0] and "batch" in err[0]
     assert (out / "wts.h5.zip").read_bytes() == old
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["torch", "tensorflow"])
+def test_sigkilled_cli_run_resumes_to_the_straight_weights(name, tiny_data_dir, tmp_path):
+    """The issue's case: ``kill -9`` during training, then ``--resume``; final weights within 1e-5."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ptycholib import archive
+    from ptycholib.cli import main
+
+    pytest.importorskip(name)
+    settings = ["--backend", name, "--no-progress", "gridsize=1", "n_filters_scale=1", "n_groups=12", "batch_size=4",
+                "validation_fraction=0", "nepochs=12"]
+    data_args = ["--data", str(tiny_data_dir / "train.npz")]
+    cut = tmp_path / "cut"
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen([sys.executable, "-m", "ptycholib", "train", *data_args, "--out", str(cut), *settings],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = cut / "logs" / ("checkpoints/last.ckpt" if name == "torch" else "backup/state.json")
+    deadline = time.monotonic() + 300
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    if process.wait() == 0:
+        pytest.skip("the run finished before it could be killed")
+    assert not (cut / "wts.h5.zip").exists()
+    assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
+    assert main(["train", *data_args, "--out", str(tmp_path / "straight"), *settings]) == 0
+    straight, resumed = archive.load_model(tmp_path / "straight"), archive.load_model(cut)
+    for key, value in straight.weights.items():
+        np.testing.assert_allclose(resumed.weights[key], value, rtol=1e-5, atol=1e-5, err_msg=key)

@@ -309,11 +309,14 @@ class _Backup(keras.callbacks.BackupAndRestore):
         pass
 
     def _save_model(self):
-        super()._save_model()
+        # Keras's files, each written beside its place and renamed: a kill leaves the last epoch's backup whole.
+        os.makedirs(self.backup_dir, exist_ok=True)
         history, module = self.history, self.model
-        best = os.path.join(self.backup_dir, "best.npz")
+        staged = os.path.join(self.backup_dir, "staged.weights.h5")
+        module.save_weights(staged, overwrite=True)
         if history.best_weights is not None:
-            np.savez(best, **history.best_weights)
+            with open(os.path.join(self.backup_dir, "staged.npz"), "wb") as handle:
+                np.savez(handle, **history.best_weights)
         state = {
             "epoch": self._current_epoch,
             "records": history.records,
@@ -321,12 +324,22 @@ class _Backup(keras.callbacks.BackupAndRestore):
             "early_stopping": {"best": history.best, "waited": history.waited, "stopped": history.stopped},
             "best_weights": history.best_weights is not None,
         }
-        with open(os.path.join(self.backup_dir, "state.json"), "w") as handle:
-            json.dump(state, handle)
+        for name, values in (("staged_metadata.json", {"epoch": self._current_epoch, "batch": 0}),
+                             ("staged_state.json", state)):
+            with open(os.path.join(self.backup_dir, name), "w") as handle:
+                json.dump(values, handle)
+        os.replace(staged, self._weights_path)
+        if history.best_weights is not None:
+            os.replace(os.path.join(self.backup_dir, "staged.npz"), os.path.join(self.backup_dir, "best.npz"))
+        os.replace(os.path.join(self.backup_dir, "staged_metadata.json"), self._training_metadata_path)
+        os.replace(os.path.join(self.backup_dir, "staged_state.json"), os.path.join(self.backup_dir, "state.json"))
 
     def restore(self, module, state):
         """Load the backup into ``module`` (compiled) and the history; return the first epoch to run."""
-        module.load_weights(self._weights_path)
+        try:
+            module.load_weights(self._weights_path)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"the backup {self._weights_path} cannot be read ({error}); train afresh.") from None
         history = self.history
         history.records[:] = [dict(record) for record in state["records"]]
         module.lr_schedule.losses = [float(loss) for loss in state["losses"]]

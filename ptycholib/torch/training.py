@@ -370,6 +370,11 @@ def _resume_from(log_dir):
     path = os.path.join(_checkpoint_dir(log_dir), "last.ckpt")
     if not os.path.isfile(path):
         raise ValueError(f"nothing to resume in {log_dir}: no checkpoints/last.ckpt (no epoch of that run completed).")
+    try:  # read once here: a damaged or code-carrying file is one clear error, not a traceback from Lightning
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  (torch raises RuntimeError, UnpicklingError, EOFError, ...)
+        raise ValueError(f"the checkpoint {path} cannot be read safely ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''}); train afresh.") from None
     return path
 
 
