@@ -125,9 +125,9 @@ class _Module(keras.Model):
             shape=(), initializer="ones", trainable=False, name="physics_weight", dtype="float32"
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        # 0 while every step is finite, 1 after a non-finite loss, 2 after a non-finite gradient (`_FiniteGuard`).
-        self.nonfinite = self.add_weight(shape=(), initializer="zeros", trainable=False, name="nonfinite",
-                                         dtype="float32", aggregation="only_first_replica")
+        # (code, batch) of the epoch's first non-finite step (code 1 = loss, 2 = gradient), then the step count.
+        self.finite_check = self.add_weight(shape=(3,), initializer="zeros", trainable=False, name="finite_check",
+                                            dtype="float32", aggregation="only_first_replica")
         self.built = True  # every variable exists: no symbolic build (MirroredStrategy would ask for one)
 
     @property
@@ -166,7 +166,10 @@ class _Module(keras.Model):
             scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
         grads = tape.gradient(scaled, variables)
         grads_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(grad)) for grad in grads if grad is not None])
-        self.nonfinite.assign(tf.where(tf.math.is_finite(loss), tf.where(grads_finite, 0.0, 2.0), 1.0))
+        code = tf.where(tf.math.is_finite(loss), tf.where(grads_finite, 0.0, 2.0), 1.0)
+        check = self.finite_check
+        first = tf.where(check[0] > 0, check[:2], tf.stack([code, check[2]]))
+        self.finite_check.assign(tf.concat([first, check[2:] + 1.0], axis=0))
         self.optimizer.apply(grads, variables)
         self._accumulate(loss, batch)
         return {"loss": self.loss_tracker.result()}
@@ -271,23 +274,20 @@ class _History(keras.callbacks.Callback):
 
 
 class _FiniteGuard(keras.callbacks.Callback):
-    """Stop training at the first non-finite loss or gradient (`_Module.nonfinite`, set by every step).
+    """Stop training after an epoch in which a loss or gradient was not finite, naming the first such batch.
 
-    One device-to-host read per step. Raises `ptycholib.batching.NonFiniteLossError` naming the
-    epoch and batch; no backup of the broken epoch is written.
+    Every step is checked on the device (`_Module.finite_check`), and the result is read once per
+    epoch: no synchronisation per step. At the end of that epoch (before its record and backup) it
+    raises `ptycholib.batching.NonFiniteLossError`.
     """
 
-    def __init__(self):
-        super().__init__()
-        self.epoch = 0
-
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
+        self.model.finite_check.assign(tf.zeros(3))
 
-    def on_train_batch_end(self, batch, logs=None):
-        code = float(self.model.nonfinite.numpy())
+    def on_epoch_end(self, epoch, logs=None):
+        code, batch, _ = (int(value) for value in self.model.finite_check.numpy())
         if code:
-            raise batching.NonFiniteLossError(self.epoch, batch, "loss" if code == 1.0 else "gradient")
+            raise batching.NonFiniteLossError(epoch, batch, "loss" if code == 1 else "gradient")
 
 
 class _Backup(keras.callbacks.BackupAndRestore):
@@ -544,7 +544,8 @@ def train(
     faster on CPUs with AMX; the model predicts in float32 again afterwards. With ``log_dir``, every
     epoch is backed up in ``log_dir/backup`` (`_Backup`: Keras's BackupAndRestore, HDF5 and JSON,
     no pickles), which ``resume`` continues from. A non-finite loss or gradient raises
-    `ptycholib.batching.NonFiniteLossError` (epoch and batch).
+    `ptycholib.batching.NonFiniteLossError` (epoch and first bad batch) at the end of that epoch,
+    before its record and backup.
     """
     if not isinstance(model, network.PhysicsModel):
         raise TypeError(f"train needs the model from build_model; got {type(model).__name__}.")
@@ -593,7 +594,8 @@ def train(
     early_stopping = training_config.early_stopping_patience is not None and module.has_validation
     history = _History(records, callback, restore_best=early_stopping and training_config.early_stopping_restore_best,
                        patience=training_config.early_stopping_patience)
-    callbacks = [_SharedSchedule(optimizer, lr_schedule), history, _FiniteGuard()]
+    # The guard before the history: a broken epoch reaches neither the history nor a backup.
+    callbacks = [_SharedSchedule(optimizer, lr_schedule), _FiniteGuard(), history]
     start = 0
     if log_dir is not None:
         backup = _Backup(log_dir, history)

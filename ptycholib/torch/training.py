@@ -327,25 +327,34 @@ class _History(L.Callback):
 
 
 class _FiniteGuard(L.Callback):
-    """Stop training at the first non-finite loss or gradient, before the optimiser takes that step.
+    """Stop training after an epoch in which a loss or gradient was not finite, naming the first such batch.
 
-    One device-to-host read per step. Raises `ptycholib.batching.NonFiniteLossError` naming the
-    epoch and batch; Lightning then stops without saving a checkpoint of the broken epoch.
+    Every step is checked on the device before its optimiser step, and the result is read once per
+    epoch, as the epoch losses are: no synchronisation per step. At the end of that epoch (before
+    its checkpoint is written) it raises `ptycholib.batching.NonFiniteLossError`.
     """
 
     def __init__(self):
+        self.first = None  # on the device: (code, batch) of the first bad step; code 1 = loss, 2 = gradient
         self.batch = 0
+
+    def on_train_epoch_start(self, trainer, module):
+        self.first = torch.zeros(2, dtype=torch.int64, device=module.device)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         self.batch = batch_idx
 
     def on_before_optimizer_step(self, trainer, module, optimizer):
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        checks = [torch.isfinite(module.last_loss).all()] + [torch.isfinite(grad).all() for grad in grads]
-        if bool(torch.stack(checks).all()):
-            return
-        what = "loss" if not bool(checks[0]) else "gradient"
-        raise batching.NonFiniteLossError(trainer.current_epoch, self.batch, what)
+        grads_finite = torch.stack([torch.isfinite(grad).all() for grad in grads]).all() if grads else True
+        code = torch.where(torch.isfinite(module.last_loss).all(), torch.where(torch.as_tensor(grads_finite), 0, 2), 1)
+        found = torch.stack([code, torch.full_like(code, self.batch)]).to(self.first.device)
+        self.first = torch.where(self.first[0] > 0, self.first, found)
+
+    def on_train_epoch_end(self, trainer, module):
+        code, batch = self.first.tolist()
+        if code:
+            raise batching.NonFiniteLossError(trainer.current_epoch, batch, "loss" if code == 1 else "gradient")
 
 
 class _Backup(L.pytorch.callbacks.ModelCheckpoint):
@@ -543,8 +552,8 @@ def train(
     float32. ``log_dir`` also gets Lightning's ``hparams.yaml`` and checkpoints in ``checkpoints/``
     (``last.ckpt`` after every epoch, and the best validation loss): torch pickles that hold only
     tensors and plain values, loaded with ``weights_only=True``. The callback runs on rank 0 only.
-    A non-finite loss or gradient raises `ptycholib.batching.NonFiniteLossError` (epoch and batch)
-    before the optimiser step.
+    A non-finite loss or gradient raises `ptycholib.batching.NonFiniteLossError` (epoch and first
+    bad batch) at the end of that epoch, before its record and checkpoint.
     """
     if not isinstance(model, network.PhysicsModel):
         raise TypeError(f"train needs the model from build_model; got {type(model).__name__}.")
@@ -563,8 +572,8 @@ def train(
                      supervised=data.supervised, bad_pixels=bad_pixels)
     records = []
     early_stopping = training_config.early_stopping_patience is not None and module.has_validation
-    callbacks = [_History(records, callback, restore_best=early_stopping and training_config.early_stopping_restore_best),
-                 _FiniteGuard()]
+    callbacks = [_FiniteGuard(),  # first: a broken epoch reaches neither the history nor a checkpoint
+                 _History(records, callback, restore_best=early_stopping and training_config.early_stopping_restore_best)]
     if early_stopping:
         callbacks.append(
             L.pytorch.callbacks.EarlyStopping(monitor="val_loss", patience=training_config.early_stopping_patience, mode="min")
