@@ -17,7 +17,7 @@ import numpy as np
 from ptycholib.config import Stage
 
 __all__ = ["EpochPlan", "epoch_plan", "split_validation", "epoch_order", "TrainingArrays", "prepare_training_arrays",
-           "as_group_array"]
+           "as_group_array", "NonFiniteLossError"]
 
 
 @dataclass(frozen=True)
@@ -262,3 +262,22 @@ def prepare_training_arrays(model_config, training_config, inputs, offsets, ampl
         raise ValueError(f"validation_fraction={fraction!r} must be in [0, 1).")
     train_indices, val_indices = split_validation(n_groups, fraction, training_config.seed)
     return TrainingArrays(groups, supervised, _PRECISIONS[precision], epoch_plan(training_config), train_indices, val_indices)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training met a non-finite loss or gradient; both trainers raise it and stop before the step.
+
+    Attributes
+    ----------
+    epoch, batch : int
+        Where it happened (0-based, the epoch in the whole plan, the batch within the epoch).
+    what : str
+        ``"loss"`` or ``"gradient"``.
+    """
+
+    def __init__(self, epoch, batch, what="loss"):
+        self.epoch, self.batch, self.what = int(epoch), int(batch), what
+        super().__init__(
+            f"non-finite {what} at epoch {self.epoch}, batch {self.batch}: training stopped (the run diverged; "
+            "lower learning_rate, or check the data with `ptycholib check`)."
+        )

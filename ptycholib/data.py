@@ -123,7 +123,9 @@ class PtychoData:
         Which object each pattern belongs to (PtychoPINN's convention); zeros when omitted.
         Carried through files, not used by ptycholib (see ``object_index``).
     bad_pixels : ndarray of shape (N, N), bool, optional
-        ``True`` marks detector pixels that were not measured (dead pixels, beamstop).
+        ``True`` marks detector pixels that were not measured (dead pixels, beamstop, hot pixels).
+        Their amplitudes are set to 0 here (whatever the file held never reaches the network), and
+        training leaves them out of the loss and of the intensity-scale fit.
     metadata : dict
         JSON-serialisable provenance (``nphotons``, ``generator``, ``seed``, ...). NumPy scalars are
         converted to Python numbers.
@@ -235,7 +237,12 @@ class PtychoData:
                     f"{bad_pixels.dtype}."
                 )
             check_shape(bad_pixels, ("N", "N"), _label("bad_pixels"), sizes={"N": patch_size})
-            put(self, "bad_pixels", bad_pixels.astype(bool, copy=False))
+            bad_pixels = bad_pixels.astype(bool, copy=False)
+            put(self, "bad_pixels", bad_pixels)
+            if np.any(self.amplitudes[:, bad_pixels]):
+                cleaned = self.amplitudes.copy()
+                cleaned[:, bad_pixels] = 0.0
+                put(self, "amplitudes", cleaned)
 
         if not isinstance(self.metadata, dict):
             raise ValueError(f"metadata must be a dict; got {type(self.metadata).__name__}.")

@@ -394,19 +394,31 @@ def forward_model(model_config, object_patches, offsets, probe, intensity_scale)
     return {"views": views, "exit_wave": exit_wave, "amplitudes": far_field_amplitude(exit_wave, intensity_scale)}
 
 
-def poisson_nll(predicted_amplitudes, measured_amplitudes, eps=1e-8):
-    """Poisson negative log-likelihood in count units, ``mean(a_hat^2 - a^2 log(a_hat^2 + eps))``."""
+def _masked_mean(values, bad_pixels):
+    """Mean of ``values`` (..., N, N) over the pixels that ``bad_pixels`` (N, N) does not mark."""
+    if bad_pixels is None:
+        return float(np.mean(values))
+    good = ~np.asarray(bad_pixels, dtype=bool)
+    return float(np.mean(values[..., good]))
+
+
+def poisson_nll(predicted_amplitudes, measured_amplitudes, eps=1e-8, *, bad_pixels=None):
+    """Poisson negative log-likelihood in count units, ``mean(a_hat^2 - a^2 log(a_hat^2 + eps))``.
+
+    ``bad_pixels`` (an (N, N) boolean mask, True = not measured) leaves those pixels out of the
+    mean: their measured values never change the loss.
+    """
     predicted_intensity = np.asarray(predicted_amplitudes, dtype=np.float64) ** 2
     measured_intensity = np.asarray(measured_amplitudes, dtype=np.float64) ** 2
-    return float(np.mean(predicted_intensity - measured_intensity * np.log(predicted_intensity + eps)))
+    return _masked_mean(predicted_intensity - measured_intensity * np.log(predicted_intensity + eps), bad_pixels)
 
 
-def amplitude_mae(predicted_amplitudes, measured_amplitudes):
-    """Mean absolute error between predicted and measured amplitudes."""
-    return float(np.mean(np.abs(np.asarray(predicted_amplitudes) - np.asarray(measured_amplitudes))))
+def amplitude_mae(predicted_amplitudes, measured_amplitudes, *, bad_pixels=None):
+    """Mean absolute error between predicted and measured amplitudes (over pixels not in ``bad_pixels``)."""
+    return _masked_mean(np.abs(np.asarray(predicted_amplitudes) - np.asarray(measured_amplitudes)), bad_pixels)
 
 
-def initial_intensity_scale(amplitudes, probe, probe_scale, object_amplitude=0.5):
+def initial_intensity_scale(amplitudes, probe, probe_scale, object_amplitude=0.5, *, bad_pixels=None):
     """Return the starting intensity scale ``s0`` fitted from measured amplitudes.
 
     Parameters
@@ -420,6 +432,9 @@ def initial_intensity_scale(amplitudes, probe, probe_scale, object_amplitude=0.5
         Object modulus at which the predicted energy matches the data. 0.5 is the untrained sigmoid
         head's output: the network starts at the energy of the data, in the middle of the sigmoid's
         range, instead of being pushed towards saturation.
+    bad_pixels : ndarray of shape (N, N), bool, optional
+        Detector pixels that were not measured (True): the fit compares the energy of the measured
+        pixels with the far-field energy that the model puts on those same pixels.
 
     Returns
     -------
@@ -429,8 +444,14 @@ def initial_intensity_scale(amplitudes, probe, probe_scale, object_amplitude=0.5
         and ``s`` is not observable; ``s`` stays trainable by default.
     """
     amplitudes = np.asarray(amplitudes, dtype=np.float64)
-    mean_energy = float(np.mean(np.sum(amplitudes**2, axis=(-2, -1))))
-    probe_energy = float(np.sum(np.abs(object_amplitude * normalize_probe(probe, probe_scale)) ** 2))
+    probe_hat = object_amplitude * normalize_probe(probe, probe_scale)
+    if bad_pixels is None:
+        mean_energy = float(np.mean(np.sum(amplitudes**2, axis=(-2, -1))))
+        probe_energy = float(np.sum(np.abs(probe_hat) ** 2))
+    else:
+        good = ~np.asarray(bad_pixels, dtype=bool)
+        mean_energy = float(np.mean(np.sum(amplitudes[..., good] ** 2, axis=-1)))
+        probe_energy = float(np.sum(far_field_amplitude(probe_hat).astype(np.float64)[good] ** 2))
     return float(np.sqrt(mean_energy / probe_energy))
 
 

@@ -164,14 +164,15 @@ def prepare_training(data, config, *, initial_weights=None):
         data, groups, input_scale, with_targets=model_config.model_type == "supervised",
         group_targets=model_config.n_object_channels == 1, input_transform=model_config.input_transform,
     )
-    intensity_scale = forward.initial_intensity_scale(data.amplitudes, data.probe, model_config.probe_scale)
+    intensity_scale = forward.initial_intensity_scale(data.amplitudes, data.probe, model_config.probe_scale,
+                                                      bad_pixels=data.bad_pixels)
     model = backend.network.build_model(model_config, data.probe, intensity_scale, seed=training.seed)
     if initial_weights is not None:
         backend.network.set_weights(model, initial_weights)
     return backend, model, grouped, input_scale
 
 
-def train_model(data, config, *, initial_weights=None, log_dir=None, progress=True, callback=None):
+def train_model(data, config, *, initial_weights=None, log_dir=None, progress=True, callback=None, resume=False):
     """Train a model on ``data`` with the backend of ``config.training.backend``.
 
     Parameters
@@ -189,10 +190,14 @@ def train_model(data, config, *, initial_weights=None, log_dir=None, progress=Tr
         Show a progress bar.
     callback : callable, optional
         Called with each epoch's record (ptychodus streams losses through it).
+    resume : bool
+        Continue the interrupted run whose checkpoints are in ``log_dir`` (same data and config)
+        from its last complete epoch.
 
     Returns
     -------
     TrainedModel
+        Trained with ``data.bad_pixels`` left out of the loss and of the intensity-scale fit.
 
     Notes
     -----
@@ -209,6 +214,7 @@ def train_model(data, config, *, initial_weights=None, log_dir=None, progress=Tr
             model, grouped.inputs, grouped.offsets, grouped.amplitudes, training,
             target_patches=grouped.target_patches, validation_fraction=training.validation_fraction,
             log_dir=log_dir, progress=progress, callback=callback, mlflow_run=run,
+            bad_pixels=data.bad_pixels, resume=resume,
         )
         seconds = time.perf_counter() - start
         weights = backend.network.get_weights(model)

@@ -31,7 +31,7 @@ import zipfile
 
 __all__ = ["main", "build_parser"]
 
-_COMMANDS = ("config", "simulate", "train", "reconstruct", "evaluate", "bench", "notebooks", "ptychodus")
+_COMMANDS = ("config", "simulate", "check", "train", "reconstruct", "evaluate", "bench", "notebooks", "ptychodus")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -10,6 +10,7 @@ import dataclasses
 
 from ptycholib import archive, data, refine, tracking, workflow
 from ptycholib.cli._common import add_backend, add_measurement, check_output_file, require_at_least_one
+from ptycholib.cli.check import add_strict, report_problems
 
 __all__ = ["register", "run"]
 
@@ -35,12 +36,15 @@ def register(subparsers):
                         help="rPIE step regulariser in (0, 1] of the refinement (default: the archive's "
                         "inference.refine_alpha, 1 = ePIE's step)")
     parser.add_argument("--out", required=True, help="output .npz")
+    add_strict(parser)
     parser.set_defaults(func=run)
 
 
 def run(args):
     """Reconstruct ``args.data`` with the model ``args.model`` and write ``args.out``; return the exit status."""
     check_output_file(args.out)
+    dataset = data.load_npz(args.data, measurement=args.measurement)
+    report_problems(dataset, args.data, strict=args.strict)
     with tracking.local_model(args.model, tracking_uri=args.tracking_uri) as path:
         model = archive.load_model(path)
     inference = model.config.inference
@@ -54,7 +58,6 @@ def run(args):
     if args.refine_probe and not args.refine:
         raise ValueError("--refine-probe needs --refine K with K >= 1.")
     options = refine.RefineOptions(alpha=args.refine_alpha, probe_trainable=args.refine_probe)
-    dataset = data.load_npz(args.data, measurement=args.measurement)
     recon = workflow.reconstruct(model, dataset, backend=args.backend, inference=inference)
     metadata = {"source": str(args.data), "model": str(args.model), "refine_iterations": args.refine}
     refined = ""

@@ -5,8 +5,8 @@
 
 - counts ``(M, N, N)`` in any dtype -> amplitudes ``sqrt(counts)`` (float32). Negative counts
   (background-subtracted data) are clipped to 0 with a warning. Bad pixels are set to 0 in the
-  amplitudes, i.e. in both the network input and the loss target, and the mask travels in
-  ``PtychoData.bad_pixels``;
+  amplitudes (the network input), and the mask travels in ``PtychoData.bad_pixels``, which
+  training leaves out of the loss and of the intensity-scale fit;
 - probe ``(C_opr, I, N, N)`` -> ``probe[0, 0]``, incoherent mode 0 of the first OPR mode (the
   dominant mode; ptychodus orders modes by power). Its power fraction goes into the metadata;
 - positions in metres -> object pixels through the input object's geometry

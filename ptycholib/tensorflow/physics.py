@@ -404,13 +404,24 @@ def forward_model(model_config, object_patches, offsets, probe, intensity_scale,
 # losses
 
 
-def poisson_nll(predicted, measured):
+def _masked_mean(values, bad_pixels):
+    """Mean of ``values`` (..., N, N) over the pixels that ``bad_pixels`` (N, N, bool) does not mark."""
+    if bad_pixels is None:
+        return tf.reduce_mean(values)
+    good = tf.cast(tf.logical_not(tf.cast(to_tensor(bad_pixels), tf.bool)), values.dtype)
+    count = tf.cast(tf.size(values) // tf.size(good), values.dtype)
+    return tf.reduce_sum(values * good) / (tf.reduce_sum(good) * count)
+
+
+def poisson_nll(predicted, measured, *, bad_pixels=None):
     """Poisson negative log-likelihood in count units, ``mean(a_hat^2 - a^2 log(a_hat^2 + 1e-8))``.
 
     Parameters
     ----------
     predicted, measured : tensor or ndarray of the same shape, float32
         Predicted and measured diffraction amplitudes (square roots of counts).
+    bad_pixels : tensor or ndarray of shape (N, N), bool, optional
+        Detector pixels left out of the mean (True = not measured).
 
     Returns
     -------
@@ -418,13 +429,13 @@ def poisson_nll(predicted, measured):
     """
     predicted_intensity = tf.square(to_tensor(predicted))
     measured_intensity = tf.square(to_tensor(measured))
-    return tf.reduce_mean(predicted_intensity - measured_intensity * tf.math.log(predicted_intensity + _NLL_EPS))
+    return _masked_mean(predicted_intensity - measured_intensity * tf.math.log(predicted_intensity + _NLL_EPS), bad_pixels)
 
 
-def amplitude_mae(predicted, measured):
-    """Mean absolute error between predicted and measured amplitudes (scalar float32 tensor)."""
+def amplitude_mae(predicted, measured, *, bad_pixels=None):
+    """Mean absolute error between predicted and measured amplitudes (scalar float32 tensor), bad pixels left out."""
     predicted = to_tensor(predicted)
-    return tf.reduce_mean(tf.abs(predicted - to_tensor(measured)))
+    return _masked_mean(tf.abs(predicted - to_tensor(measured)), bad_pixels)
 
 
 def fft_amplitude_raw(batch):

@@ -22,6 +22,8 @@ stages, while the one Adam optimiser keeps its moments. The groups stay in memor
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import os
 
@@ -42,31 +44,32 @@ _EPOCH_MEANS = ("loss", "deviance", "amplitude_mae")  # per-epoch means in the h
 # losses
 
 
-def _pinn_loss(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight):
-    return _pinn_loss_and_fit(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight)[0]
+def _pinn_loss(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight, bad_pixels=None):
+    return _pinn_loss_and_fit(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight, bad_pixels)[0]
 
 
-def _pinn_loss_and_fit(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight):
+def _pinn_loss_and_fit(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight, bad_pixels=None):
     """One batch's loss and its data fit ``{"deviance": ..., "amplitude_mae": ...}`` (no gradient through the fit)."""
     _, predicted = model(x, offsets)
-    mae = physics.amplitude_mae(predicted, amplitudes)
-    nll = physics.poisson_nll(predicted, amplitudes)
+    mae = physics.amplitude_mae(predicted, amplitudes, bad_pixels=bad_pixels)
+    nll = physics.poisson_nll(predicted, amplitudes, bad_pixels=bad_pixels)
     loss = physics_weight * (nll_weight * nll + mae_weight * mae) + (1.0 - physics_weight) * mae
-    return loss, {"deviance": _poisson_deviance(predicted, amplitudes), "amplitude_mae": tf.stop_gradient(mae)}
+    return loss, {"deviance": _poisson_deviance(predicted, amplitudes, bad_pixels), "amplitude_mae": tf.stop_gradient(mae)}
 
 
-def _poisson_deviance(predicted, measured):
+def _poisson_deviance(predicted, measured, bad_pixels=None):
     """Poisson deviance per pixel of one batch, as `ptycholib.metrics.poisson_deviance` (float32, no gradient).
 
     ``2 mean(a^2 log(a^2 / a_hat^2) - (a^2 - a_hat^2))`` with ``0 log 0 = 0``; the log of the ratio
     keeps float32 accurate where ``a_hat^2`` is close to ``a^2``, which is where training ends up.
+    ``bad_pixels`` (N, N) are left out of the mean, as from the loss.
     """
     predicted_intensity = tf.square(tf.cast(tf.stop_gradient(predicted), tf.float32))
     measured_intensity = tf.square(tf.cast(measured, tf.float32))
     has_counts = measured_intensity > 0
     ratio = tf.where(has_counts, measured_intensity / predicted_intensity, tf.ones_like(measured_intensity))
     saturated = tf.where(has_counts, measured_intensity * tf.math.log(ratio), tf.zeros_like(measured_intensity))
-    return 2.0 * tf.reduce_mean(saturated - (measured_intensity - predicted_intensity))
+    return 2.0 * physics._masked_mean(saturated - (measured_intensity - predicted_intensity), bad_pixels)
 
 
 def _supervised_loss(net, x, target_amplitude, target_phase):
@@ -135,9 +138,10 @@ class _BatchSampler:
 class _Module(keras.Model):
     """The physics-informed model, its loss and the per-epoch schedule (a Keras model ``fit`` trains)."""
 
-    def __init__(self, model, plan, training_config, lr_schedule, *, supervised, has_validation):
+    def __init__(self, model, plan, training_config, lr_schedule, *, supervised, has_validation, bad_pixels=None):
         super().__init__()
         self.model = model
+        self.bad_pixels = None if bad_pixels is None else tf.constant(bad_pixels)
         self.plan = plan
         self.training_config = training_config
         self.supervised = supervised
@@ -147,6 +151,9 @@ class _Module(keras.Model):
             shape=(), initializer="ones", trainable=False, name="physics_weight", dtype="float32"
         )
         self.trackers = {name: keras.metrics.Mean(name=name) for name in _EPOCH_MEANS}
+        # (code, batch) of the epoch's first non-finite step (code 1 = loss, 2 = gradient), then the step count.
+        self.finite_check = self.add_weight(shape=(3,), initializer="zeros", trainable=False, name="finite_check",
+                                            dtype="float32", aggregation="only_first_replica")
         self.built = True  # every variable exists: no symbolic build (MirroredStrategy would ask for one)
 
     @property
@@ -172,6 +179,7 @@ class _Module(keras.Model):
             self.physics_weight,
             self.training_config.nll_weight,
             self.training_config.mae_weight,
+            self.bad_pixels,
         )
 
     def _accumulate(self, loss, fit, batch):
@@ -188,7 +196,13 @@ class _Module(keras.Model):
             loss, fit = self._loss(batch)
             # optimiser.apply sums gradients over replicas; dividing keeps the mean.
             scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
-        self.optimizer.apply(tape.gradient(scaled, variables), variables)
+        grads = tape.gradient(scaled, variables)
+        grads_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(grad)) for grad in grads if grad is not None])
+        code = tf.where(tf.math.is_finite(loss), tf.where(grads_finite, 0.0, 2.0), 1.0)
+        check = self.finite_check
+        first = tf.where(check[0] > 0, check[:2], tf.stack([code, check[2]]))
+        self.finite_check.assign(tf.concat([first, check[2:] + 1.0], axis=0))
+        self.optimizer.apply(grads, variables)
         return self._accumulate(loss, fit, batch)
 
     def test_step(self, batch):
@@ -296,6 +310,103 @@ class _History(keras.callbacks.Callback):
             network.set_weights(self.model.model, self.best_weights)
 
 
+class _FiniteGuard(keras.callbacks.Callback):
+    """Stop training after an epoch in which a loss or gradient was not finite, naming the first such batch.
+
+    Every step is checked on the device (`_Module.finite_check`), and the result is read once per
+    epoch: no synchronisation per step. At the end of that epoch (before its record and backup) it
+    raises `ptycholib.batching.NonFiniteLossError`.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.finite_check.assign(tf.zeros(3))
+
+    def on_epoch_end(self, epoch, logs=None):
+        code, batch, _ = (int(value) for value in self.model.finite_check.numpy())
+        if code:
+            raise batching.NonFiniteLossError(epoch, batch, "loss" if code == 1 else "gradient")
+
+
+class _Backup(keras.callbacks.BackupAndRestore):
+    """Keras's BackupAndRestore in ``log_dir/backup``, after every epoch, plus the rest of the run's state.
+
+    ``latest.weights.h5`` (HDF5: weights, Adam's moments and step count) and
+    ``training_metadata.json`` are Keras's; ``state.json`` adds the history, the schedule's losses
+    and the early-stopping counters, ``best.npz`` (``allow_pickle=False``) the best epoch's weights
+    when they are kept. None of them is a pickle. Restoring happens once, in `restore`, before the
+    first stage's ``fit`` (the stages are one ``fit`` each; Keras's own restore in every
+    ``on_train_begin`` would reload a stale backup).
+    """
+
+    def __init__(self, log_dir, history):
+        super().__init__(backup_dir=_checkpoint_dir(log_dir), delete_checkpoint=False)
+        self.history = history
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def _save_model(self):
+        # Keras's files, each written beside its place and renamed: a kill leaves the last epoch's backup whole.
+        os.makedirs(self.backup_dir, exist_ok=True)
+        history, module = self.history, self.model
+        staged = os.path.join(self.backup_dir, "staged.weights.h5")
+        module.save_weights(staged, overwrite=True)
+        if history.best_weights is not None:
+            with open(os.path.join(self.backup_dir, "staged.npz"), "wb") as handle:
+                np.savez(handle, **history.best_weights)
+        state = {
+            "epoch": self._current_epoch,
+            "records": history.records,
+            "losses": list(module.lr_schedule.losses),
+            "early_stopping": {"best": history.best, "waited": history.waited, "stopped": history.stopped},
+            "best_weights": history.best_weights is not None,
+        }
+        for name, values in (("staged_metadata.json", {"epoch": self._current_epoch, "batch": 0}),
+                             ("staged_state.json", state)):
+            with open(os.path.join(self.backup_dir, name), "w") as handle:
+                json.dump(values, handle)
+        os.replace(staged, self._weights_path)
+        if history.best_weights is not None:
+            os.replace(os.path.join(self.backup_dir, "staged.npz"), os.path.join(self.backup_dir, "best.npz"))
+        os.replace(os.path.join(self.backup_dir, "staged_metadata.json"), self._training_metadata_path)
+        os.replace(os.path.join(self.backup_dir, "staged_state.json"), os.path.join(self.backup_dir, "state.json"))
+
+    def restore(self, module, state):
+        """Load the backup into ``module`` (compiled) and the history; return the first epoch to run."""
+        try:
+            module.load_weights(self._weights_path)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"the backup {self._weights_path} cannot be read ({error}); train afresh.") from None
+        history = self.history
+        history.records[:] = [dict(record) for record in state["records"]]
+        module.lr_schedule.losses = [float(loss) for loss in state["losses"]]
+        stopping = state["early_stopping"]
+        history.best, history.waited, history.stopped = float(stopping["best"]), int(stopping["waited"]), bool(stopping["stopped"])
+        if state["best_weights"]:
+            with np.load(os.path.join(self.backup_dir, "best.npz"), allow_pickle=False) as saved:
+                history.best_weights = {name: saved[name] for name in saved.files}
+        return int(state["epoch"])
+
+
+def _checkpoint_dir(log_dir):
+    return os.path.join(log_dir, "backup")
+
+
+def _resume_from(log_dir):
+    """The backup's ``state.json`` (a dict); ValueError when there is none or it does not match Keras's."""
+    folder = _checkpoint_dir(log_dir)
+    try:
+        with open(os.path.join(folder, "state.json")) as handle:
+            state = json.load(handle)
+        with open(os.path.join(folder, "training_metadata.json")) as handle:
+            epoch = json.load(handle)["epoch"]
+    except FileNotFoundError:
+        raise ValueError(f"nothing to resume in {log_dir}: no backup/ (no epoch of that run completed).") from None
+    if epoch != state["epoch"] or not os.path.isfile(os.path.join(folder, "latest.weights.h5")):
+        raise ValueError(f"the backup in {folder} is incomplete (interrupted while it was written); train afresh.")
+    return state
+
+
 # --------------------------------------------------------------------------------------------------
 # set-up: devices, trainable parts, logging
 
@@ -323,6 +434,19 @@ def _strategy(training_config):
             "tf.config.set_logical_device_configuration before TensorFlow starts."
         )
     return tf.distribute.MirroredStrategy(devices=available[:devices])
+
+
+def _bad_pixels_mask(bad_pixels, size):
+    """The (N, N) boolean mask, checked, or None when no pixel is bad."""
+    if bad_pixels is None:
+        return None
+    mask = np.asarray(physics.to_numpy(bad_pixels))
+    if mask.shape != (size, size) or mask.dtype.kind not in "biu":
+        raise ValueError(f"bad_pixels must be a boolean ({size}, {size}) mask; got {mask.dtype} of shape {mask.shape}.")
+    mask = mask.astype(bool)
+    if mask.all():
+        raise ValueError("bad_pixels marks every detector pixel; nothing is left to train on.")
+    return mask if mask.any() else None
 
 
 def _set_trainable(model, epochs, training_config, supervised):
@@ -385,6 +509,8 @@ def train(
     progress=True,
     callback=None,
     mlflow_run=None,
+    bad_pixels=None,
+    resume=False,
 ):
     """Train a model in place with the configured multi-stage schedule.
 
@@ -424,6 +550,12 @@ def train(
     mlflow_run : ptycholib.tracking.MlflowRun, optional
         With ``logger='mlflow'``, the open run that gets each epoch's record (what
         `ptycholib.workflow.train_model` passes); default: a new run for this call.
+    bad_pixels : ndarray of shape (N, N), bool, optional
+        Detector pixels left out of the loss (True = not measured; ``PtychoData.bad_pixels``).
+    resume : bool
+        Continue the run whose checkpoints are in ``log_dir`` from its last complete epoch (weights,
+        optimiser, schedule position, batch order, history); the model's own weights are replaced.
+        The config and data must be the run's.
 
     Returns
     -------
@@ -447,7 +579,11 @@ def train(
     many TensorFlow devices, with ``batch_size`` split over them and the last partial batch dropped.
     ``precision='bf16-mixed'`` makes the convolutions compute in bfloat16 during training (Keras
     ``mixed_bfloat16`` policy; weights, heads' activations and physics stay float32), about 3x
-    faster on CPUs with AMX; the model predicts in float32 again afterwards.
+    faster on CPUs with AMX; the model predicts in float32 again afterwards. With ``log_dir``, every
+    epoch is backed up in ``log_dir/backup`` (`_Backup`: Keras's BackupAndRestore, HDF5 and JSON,
+    no pickles), which ``resume`` continues from. A non-finite loss or gradient raises
+    `ptycholib.batching.NonFiniteLossError` (epoch and first bad batch) at the end of that epoch,
+    before its record and backup.
     """
     if not isinstance(model, network.PhysicsModel):
         raise TypeError(f"train needs the model from build_model; got {type(model).__name__}.")
@@ -458,6 +594,10 @@ def train(
         model.model_config, training_config, inputs, offsets, amplitudes,
         target_patches=target_patches, validation_fraction=validation_fraction,
     )
+    if resume and log_dir is None:
+        raise ValueError("resume=True needs the log_dir of the run to continue.")
+    bad_pixels = _bad_pixels_mask(bad_pixels, model.model_config.N)
+    resumed = _resume_from(log_dir) if resume else None
     strategy = _strategy(training_config)
     replicas, batch_size = strategy.num_replicas_in_sync, training_config.batch_size
     if replicas > 1:
@@ -484,7 +624,7 @@ def train(
             work = network.build_model(model.model_config, physics.to_numpy(model.probe), 1.0)
             network.set_weights(work, network.get_weights(model))
         module = _Module(work, data.plan, training_config, lr_schedule, supervised=data.supervised,
-                         has_validation=len(validation) > 0)
+                         has_validation=len(validation) > 0, bad_pixels=bad_pixels)
         # epsilon as torch.optim.Adam's default, so that both backends take the same steps.
         optimizer = keras.optimizers.Adam(learning_rate=data.plan[0].learning_rate, epsilon=1e-8)
         optimizer.build(list(network._canonical_parameters(work).values()))
@@ -492,14 +632,26 @@ def train(
     early_stopping = training_config.early_stopping_patience is not None and module.has_validation
     history = _History(records, callback, restore_best=early_stopping and training_config.early_stopping_restore_best,
                        patience=training_config.early_stopping_patience)
-    callbacks = [_SharedSchedule(optimizer, lr_schedule), history]
+    # The guard before the history: a broken epoch reaches neither the history nor a backup.
+    callbacks = [_SharedSchedule(optimizer, lr_schedule), _FiniteGuard(), history]
+    start = 0
+    if log_dir is not None:
+        backup = _Backup(log_dir, history)
+        callbacks.append(backup)
+        if resumed is not None:
+            backup.set_model(module)
+            with strategy.scope():
+                module.compile(optimizer=optimizer, jit_compile=False)
+            start = backup.restore(module, resumed)
     groups = _Groups(data.groups)
     val_data = groups.batches(validation, [0]) if module.has_validation else None
     with _logging(training_config, log_dir, model.model_config, mlflow_run) as loggers:
         module.set_precision(_PRECISIONS[data.precision])
         try:
             for stage in sorted({entry.stage for entry in data.plan}):
-                epochs = [entry for entry in data.plan if entry.stage == stage]
+                epochs = [entry for entry in data.plan if entry.stage == stage and entry.epoch >= start]
+                if not epochs or history.stopped:  # done before the interruption
+                    continue
                 _set_trainable(work, epochs, training_config, data.supervised)
                 with strategy.scope():
                     module.compile(optimizer=optimizer, jit_compile=False)
@@ -578,7 +730,8 @@ def predict_patches(model, inputs, offsets, *, batch_size, progress=False):
     return out
 
 
-def loss_gradients(model, inputs, offsets, amplitudes, training_config, *, physics_weight=1.0, target_patches=None):
+def loss_gradients(model, inputs, offsets, amplitudes, training_config, *, physics_weight=1.0, target_patches=None,
+                   bad_pixels=None):
     """Return the gradient of one batch's training loss with respect to every canonical weight.
 
     Parameters
@@ -592,6 +745,8 @@ def loss_gradients(model, inputs, offsets, amplitudes, training_config, *, physi
         The schedule's ``p`` for this step.
     target_patches : ndarray, optional
         Ground truth for ``model_type='supervised'``.
+    bad_pixels : ndarray of shape (N, N), bool, optional
+        Detector pixels left out of the loss, as in `train`.
 
     Returns
     -------
@@ -616,6 +771,7 @@ def loss_gradients(model, inputs, offsets, amplitudes, training_config, *, physi
             loss = _pinn_loss(
                 model, x, physics.to_tensor(offsets), physics.to_tensor(amplitudes),
                 float(physics_weight), float(training_config.nll_weight), float(training_config.mae_weight),
+                _bad_pixels_mask(bad_pixels, model.model_config.N),
             )
     grads = tape.gradient(loss, watched, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return {name: network._to_canonical(name, physics.to_numpy(grad)) for name, grad in zip(parameters, grads)}

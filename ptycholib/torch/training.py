@@ -45,31 +45,32 @@ _EPOCH_MEANS = ("loss", "deviance", "amplitude_mae")  # per-epoch means in the h
 # losses
 
 
-def _pinn_loss(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight):
-    return _pinn_loss_and_fit(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight)[0]
+def _pinn_loss(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight, bad_pixels=None):
+    return _pinn_loss_and_fit(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight, bad_pixels)[0]
 
 
-def _pinn_loss_and_fit(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight):
+def _pinn_loss_and_fit(model, x, offsets, amplitudes, physics_weight, nll_weight, mae_weight, bad_pixels=None):
     """One batch's loss and its data fit ``{"deviance": ..., "amplitude_mae": ...}`` (no gradient through the fit)."""
     _, predicted = model(x, offsets)
-    mae = physics.amplitude_mae(predicted, amplitudes)
-    nll = physics.poisson_nll(predicted, amplitudes)
+    mae = physics.amplitude_mae(predicted, amplitudes, bad_pixels=bad_pixels)
+    nll = physics.poisson_nll(predicted, amplitudes, bad_pixels=bad_pixels)
     loss = physics_weight * (nll_weight * nll + mae_weight * mae) + (1.0 - physics_weight) * mae
-    return loss, {"deviance": _poisson_deviance(predicted, amplitudes), "amplitude_mae": mae.detach()}
+    return loss, {"deviance": _poisson_deviance(predicted, amplitudes, bad_pixels), "amplitude_mae": mae.detach()}
 
 
-def _poisson_deviance(predicted, measured):
+def _poisson_deviance(predicted, measured, bad_pixels=None):
     """Poisson deviance per pixel of one batch, as `ptycholib.metrics.poisson_deviance` (float32, no gradient).
 
     ``2 mean(a^2 log(a^2 / a_hat^2) - (a^2 - a_hat^2))`` with ``0 log 0 = 0``; the log of the ratio
     keeps float32 accurate where ``a_hat^2`` is close to ``a^2``, which is where training ends up.
+    ``bad_pixels`` (N, N) are left out of the mean, as from the loss.
     """
     predicted_intensity = predicted.detach().float().square()
     measured_intensity = measured.float().square()
     has_counts = measured_intensity > 0
     ratio = torch.where(has_counts, measured_intensity / predicted_intensity, torch.ones_like(measured_intensity))
     saturated = torch.where(has_counts, measured_intensity * torch.log(ratio), torch.zeros_like(measured_intensity))
-    return 2.0 * torch.mean(saturated - (measured_intensity - predicted_intensity))
+    return 2.0 * physics._masked_mean(saturated - (measured_intensity - predicted_intensity), bad_pixels)
 
 
 def _supervised_loss(net, x, target_amplitude, target_phase):
@@ -141,9 +142,12 @@ class _BatchSampler(torch.utils.data.Sampler):
 class _Module(L.LightningModule):
     """The physics-informed model, its loss and the per-epoch schedule (a LightningModule)."""
 
-    def __init__(self, model, plan, training_config, groups, train_idx, val_idx, *, supervised):
+    def __init__(self, model, plan, training_config, groups, train_idx, val_idx, *, supervised, bad_pixels=None):
         super().__init__()
         self.model = model
+        # Not persistent: checkpoints hold what trains, the mask comes with the data.
+        self.register_buffer("bad_pixels", None if bad_pixels is None else torch.as_tensor(bad_pixels), persistent=False)
+        self.last_loss = None
         self.plan = plan
         self.training_config = training_config
         self.supervised = supervised
@@ -196,6 +200,7 @@ class _Module(L.LightningModule):
             self.physics_weight,
             self.training_config.nll_weight,
             self.training_config.mae_weight,
+            self.bad_pixels,
         )
 
     def _accumulate(self, prefix, loss, fit, batch):
@@ -213,6 +218,7 @@ class _Module(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, fit = self._loss(batch)
+        self.last_loss = loss.detach()
         self._accumulate("", loss, fit, batch)
         return loss
 
@@ -245,6 +251,8 @@ class _Module(L.LightningModule):
             rank=self.global_rank,
             world=self.trainer.world_size,
         )
+        # Lightning draws the first batch before its own set_epoch; after a resume that epoch is not 0.
+        sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
         return torch.utils.data.DataLoader(self.groups, batch_size=None, sampler=sampler, num_workers=0)
 
     def train_dataloader(self):
@@ -348,6 +356,75 @@ class _History(L.Callback):
         if self.best_state is not None:
             module.model.load_state_dict(self.best_state)
 
+    def state_dict(self):
+        # Plain values and tensors only (checkpoints are loaded with weights_only=True).
+        return {"records": [dict(record) for record in self.records], "best_state": self.best_state}
+
+    def load_state_dict(self, state_dict):
+        self.records[:] = [dict(record) for record in state_dict["records"]]
+        self.best_state = state_dict["best_state"]
+
+
+class _FiniteGuard(L.Callback):
+    """Stop training after an epoch in which a loss or gradient was not finite, naming the first such batch.
+
+    Every step is checked on the device before its optimiser step, and the result is read once per
+    epoch, as the epoch losses are: no synchronisation per step. At the end of that epoch (before
+    its checkpoint is written) it raises `ptycholib.batching.NonFiniteLossError`.
+    """
+
+    def __init__(self):
+        self.first = None  # on the device: (code, batch) of the first bad step; code 1 = loss, 2 = gradient
+        self.batch = 0
+
+    def on_train_epoch_start(self, trainer, module):
+        self.first = torch.zeros(2, dtype=torch.int64, device=module.device)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.batch = batch_idx
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grads_finite = torch.stack([torch.isfinite(grad).all() for grad in grads]).all() if grads else True
+        code = torch.where(torch.isfinite(module.last_loss).all(), torch.where(torch.as_tensor(grads_finite), 0, 2), 1)
+        found = torch.stack([code, torch.full_like(code, self.batch)]).to(self.first.device)
+        self.first = torch.where(self.first[0] > 0, self.first, found)
+
+    def on_train_epoch_end(self, trainer, module):
+        code, batch = self.first.tolist()
+        if code:
+            raise batching.NonFiniteLossError(trainer.current_epoch, batch, "loss" if code == 1 else "gradient")
+
+
+class _Backup(L.pytorch.callbacks.ModelCheckpoint):
+    """Checkpoints in ``log_dir/checkpoints``: ``last.ckpt`` after every epoch (what ``resume`` loads).
+
+    Saved at the end of each training epoch, after `_History` has recorded it, so a checkpoint holds
+    whole epochs: weights, Adam's moments, the schedule's step and losses, the loops' epoch (which
+    sets the batch order) and the history so far. They hold tensors and plain Python values only,
+    and `train` loads them with ``weights_only=True`` (torch's restricted unpickler).
+    """
+
+    def __init__(self, log_dir, *, monitor):
+        super().__init__(dirpath=_checkpoint_dir(log_dir), monitor=monitor, save_last=True, save_on_train_epoch_end=True)
+
+
+def _checkpoint_dir(log_dir):
+    return os.path.join(log_dir, "checkpoints")
+
+
+def _resume_from(log_dir):
+    """The checkpoint to resume from: ``log_dir/checkpoints/last.ckpt``; ValueError when there is none."""
+    path = os.path.join(_checkpoint_dir(log_dir), "last.ckpt")
+    if not os.path.isfile(path):
+        raise ValueError(f"nothing to resume in {log_dir}: no checkpoints/last.ckpt (no epoch of that run completed).")
+    try:  # read once here: a damaged or code-carrying file is one clear error, not a traceback from Lightning
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  (torch raises RuntimeError, UnpicklingError, EOFError, ...)
+        raise ValueError(f"the checkpoint {path} cannot be read safely ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''}); train afresh.") from None
+    return path
+
 
 # --------------------------------------------------------------------------------------------------
 # set-up: devices, trainable parts, logging
@@ -357,6 +434,19 @@ def _strategy(training_config):
     """Lightning's strategy for the config's ``strategy`` (TensorFlow's ``'mirrored'`` is ``'ddp'`` here)."""
     name = str(training_config.strategy)
     return "ddp" if name.lower() == "mirrored" else name
+
+
+def _bad_pixels_mask(bad_pixels, size):
+    """The (N, N) boolean mask, checked, or None when no pixel is bad."""
+    if bad_pixels is None:
+        return None
+    mask = np.asarray(physics.to_numpy(bad_pixels))
+    if mask.shape != (size, size) or mask.dtype.kind not in "biu":
+        raise ValueError(f"bad_pixels must be a boolean ({size}, {size}) mask; got {mask.dtype} of shape {mask.shape}.")
+    mask = mask.astype(bool)
+    if mask.all():
+        raise ValueError("bad_pixels marks every detector pixel; nothing is left to train on.")
+    return mask if mask.any() else None
 
 
 def _set_trainable(model, epochs, training_config, supervised):
@@ -451,6 +541,8 @@ def train(
     progress=True,
     callback=None,
     mlflow_run=None,
+    bad_pixels=None,
+    resume=False,
 ):
     """Train a model in place with the configured multi-stage schedule.
 
@@ -490,6 +582,12 @@ def train(
     mlflow_run : ptycholib.tracking.MlflowRun, optional
         With ``logger='mlflow'``, the open run that gets each epoch's record (what
         `ptycholib.workflow.train_model` passes); default: a new run for this call.
+    bad_pixels : ndarray of shape (N, N), bool, optional
+        Detector pixels left out of the loss (True = not measured; ``PtychoData.bad_pixels``).
+    resume : bool
+        Continue the run whose checkpoints are in ``log_dir`` from its last complete epoch (weights,
+        optimiser, schedule position, batch order, history); the model's own weights are replaced.
+        The config and data must be the run's.
 
     Returns
     -------
@@ -513,7 +611,10 @@ def train(
     device, CPU included, and the spawning strategies are refused because they lose the history.
     ``precision='bf16-mixed'`` runs the network in bfloat16 autocast, physics and weights in
     float32. ``log_dir`` also gets Lightning's ``hparams.yaml`` and checkpoints in ``checkpoints/``
-    (``last.ckpt`` and the best validation loss). The callback runs on rank 0 only.
+    (``last.ckpt`` after every epoch, and the best validation loss): torch pickles that hold only
+    tensors and plain values, loaded with ``weights_only=True``. The callback runs on rank 0 only.
+    A non-finite loss or gradient raises `ptycholib.batching.NonFiniteLossError` (epoch and first
+    bad batch) at the end of that epoch, before its record and checkpoint.
     """
     if not isinstance(model, network.PhysicsModel):
         raise TypeError(f"train needs the model from build_model; got {type(model).__name__}.")
@@ -525,24 +626,22 @@ def train(
         target_patches=target_patches, validation_fraction=validation_fraction,
     )
     _set_trainable(model, data.plan, training_config, data.supervised)
+    if resume and log_dir is None:
+        raise ValueError("resume=True needs the log_dir of the run to continue.")
+    bad_pixels = _bad_pixels_mask(bad_pixels, model.model_config.N)
     module = _Module(model, data.plan, training_config, _Groups(data.groups), data.train_indices, data.val_indices,
-                     supervised=data.supervised)
+                     supervised=data.supervised, bad_pixels=bad_pixels)
     records = []
     early_stopping = training_config.early_stopping_patience is not None and module.has_validation
-    callbacks = [_History(records, callback, restore_best=early_stopping and training_config.early_stopping_restore_best)]
+    callbacks = [_FiniteGuard(),  # first: a broken epoch reaches neither the history nor a checkpoint
+                 _History(records, callback, restore_best=early_stopping and training_config.early_stopping_restore_best)]
     if early_stopping:
         callbacks.append(
             L.pytorch.callbacks.EarlyStopping(monitor="val_loss", patience=training_config.early_stopping_patience, mode="min")
         )
     if log_dir is not None:
         os.makedirs(log_dir, exist_ok=True)
-        callbacks.append(
-            L.pytorch.callbacks.ModelCheckpoint(
-                dirpath=os.path.join(log_dir, "checkpoints"),
-                monitor="val_loss" if module.has_validation else None,
-                save_last=True,
-            )
-        )
+        callbacks.append(_Backup(log_dir, monitor="val_loss" if module.has_validation else None))
     with _logging(training_config, log_dir, model.model_config, mlflow_run) as loggers:
         trainer = L.Trainer(
             accelerator=training_config.accelerator,
@@ -566,7 +665,7 @@ def train(
                 "or forked processes, whose history cannot be returned; use strategy='ddp' from a script or "
                 "`python -m ptycholib train` (one process per device, CPU included)."
             )
-        trainer.fit(module)
+        trainer.fit(module, ckpt_path=_resume_from(log_dir) if resume else None, weights_only=True)
     return records
 
 
@@ -621,7 +720,8 @@ def predict_patches(model, inputs, offsets, *, batch_size, progress=False):
     return out
 
 
-def loss_gradients(model, inputs, offsets, amplitudes, training_config, *, physics_weight=1.0, target_patches=None):
+def loss_gradients(model, inputs, offsets, amplitudes, training_config, *, physics_weight=1.0, target_patches=None,
+                   bad_pixels=None):
     """Return the gradient of one batch's training loss with respect to every canonical weight.
 
     Parameters
@@ -635,6 +735,8 @@ def loss_gradients(model, inputs, offsets, amplitudes, training_config, *, physi
         The schedule's ``p`` for this step.
     target_patches : ndarray, optional
         Ground truth for ``model_type='supervised'``.
+    bad_pixels : ndarray of shape (N, N), bool, optional
+        Detector pixels left out of the loss, as in `train`.
 
     Returns
     -------
@@ -660,6 +762,7 @@ def loss_gradients(model, inputs, offsets, amplitudes, training_config, *, physi
             loss = _pinn_loss(
                 model, x, physics.to_tensor(offsets, device=device), physics.to_tensor(amplitudes, device=device),
                 float(physics_weight), float(training_config.nll_weight), float(training_config.mae_weight),
+                _bad_pixels_mask(bad_pixels, model.model_config.N),
             )
         grads = torch.autograd.grad(loss, list(parameters.values()), allow_unused=True)
     finally:
