@@ -58,12 +58,24 @@ class _Groups:
     """The groups as tensors: ``groups[indices]`` is one batch (a dict of tensors, one ``tf.gather`` each)."""
 
     def __init__(self, groups):
-        self.tensors = {name: tf.constant(value) for name, value in groups.items()}
+        # groups read from a file batch by batch (ptycholib.stream.StreamedGroups): the same batches
+        self.streamed = groups if batching.is_streamed(groups) else None
+        self.tensors = {} if self.streamed is not None else {name: tf.constant(value) for name, value in groups.items()}
 
     def __len__(self):
-        return len(next(iter(self.tensors.values())))
+        return len(self.streamed) if self.streamed is not None else len(next(iter(self.tensors.values())))
 
     def __getitem__(self, indices):
+        if self.streamed is not None:
+            streamed, keys = self.streamed, self.streamed.keys
+            values = tf.numpy_function(lambda i: tuple(streamed.batch(i)[key] for key in keys), [indices],
+                                       [tf.float32] * len(keys))
+            channels, size = streamed.groups.channels, streamed.source.patch_size
+            shapes = {"offsets": (None, channels, 2), "amplitude": (None, streamed.target_channels, size, size),
+                      "phase": (None, streamed.target_channels, size, size)}
+            for key, value in zip(keys, values):
+                value.set_shape(shapes.get(key, (None, channels, size, size)))
+            return dict(zip(keys, values))
         return {name: tf.gather(tensor, indices) for name, tensor in self.tensors.items()}
 
     def batches(self, sampler, epochs):
@@ -416,7 +428,8 @@ def train(
     if not isinstance(model, network.PhysicsModel):
         raise TypeError(f"train needs the model from build_model; got {type(model).__name__}.")
     inputs, offsets, amplitudes, target_patches = (
-        None if values is None else physics.to_numpy(values) for values in (inputs, offsets, amplitudes, target_patches)
+        values if values is None or batching.is_streamed(values) else physics.to_numpy(values)
+        for values in (inputs, offsets, amplitudes, target_patches)
     )
     data = batching.prepare_training_arrays(
         model.model_config, training_config, inputs, offsets, amplitudes,
@@ -434,7 +447,7 @@ def train(
             )
     if len(data.train_indices) == 0:
         fraction = training_config.validation_fraction if validation_fraction is None else validation_fraction
-        raise ValueError(f"no training groups: {len(data.groups['inputs'])} groups with validation_fraction={fraction}.")
+        raise ValueError(f"no training groups: {len(data.val_indices)} groups with validation_fraction={fraction}.")
     sampler = _BatchSampler(data.train_indices, batch_size, shuffle=True, seed=training_config.seed,
                             drop_remainder=replicas > 1)
     validation = _BatchSampler(data.val_indices, batch_size, shuffle=False, seed=training_config.seed,
