@@ -251,6 +251,9 @@ class TrainingConfig:
         (``best_epoch`` of the last history record), whether or not training stopped early.
     accelerator, devices, strategy : str, int, str
         Where training runs (Lightning names; the TF backend maps them to a tf.distribute strategy).
+    num_nodes : int
+        Machines training together (Lightning's ``num_nodes``; with TensorFlow, the workers that
+        ``TF_CONFIG`` lists). ``devices`` is per node. See docs/cluster.md.
     logger : str
         ``"csv"``, ``"mlflow"`` (needs the mlflow extra) or ``"none"``.
     precision : str
@@ -291,6 +294,7 @@ class TrainingConfig:
     early_stopping_restore_best: bool = True
     accelerator: str = "cpu"
     devices: int = 1
+    num_nodes: int = 1
     strategy: str = "auto"
     logger: str = "csv"
     precision: str = "32"
@@ -358,6 +362,7 @@ class TrainingConfig:
             _check_positive_int("early_stopping_patience", self.early_stopping_patience)
         _check_bool("early_stopping_restore_best", self.early_stopping_restore_best)
         _check_positive_int("devices", self.devices)
+        _check_positive_int("num_nodes", self.num_nodes)
         _check_choice("logger", self.logger, LOGGERS)
         _check_choice("precision", self.precision, PRECISIONS)
         if self.stages:

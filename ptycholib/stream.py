@@ -49,6 +49,7 @@ __all__ = [
     "save_h5",
     "load_h5",
     "load_scan",
+    "open_scan",
     "H5PatternWriter",
 ]
 
@@ -643,3 +644,31 @@ def load_scan(path, *, measurement=None):
         return data_io.load_npz(path, measurement=measurement)
     with open_patterns(path, measurement=measurement) as source:
         return source.load()
+
+
+def open_scan(path, *, measurement=None, mode="auto", threshold_bytes=STREAM_THRESHOLD_BYTES):
+    """Open a scan in memory or for streaming, as ``mode`` says: what ``train --stream`` and ``reconstruct --stream`` use.
+
+    Parameters
+    ----------
+    path : str or Path
+        Any file `open_patterns` opens.
+    measurement : {"amplitude", "intensity"}, optional
+    mode : {"auto", "on", "off"}
+        ``"off"``: read it all (`load_scan`); ``"on"``: stream; ``"auto"``: stream when
+        `should_stream` says so (float32 amplitudes above ``threshold_bytes``).
+
+    Returns
+    -------
+    ptycholib.data.PtychoData or PatternSource
+        A source is open: close it (or use it as a context manager) when done.
+    """
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"stream mode {mode!r} must be 'auto', 'on' or 'off'.")
+    if mode == "off":
+        return load_scan(path, measurement=measurement)
+    source = open_patterns(path, measurement=measurement)
+    if mode == "on" or should_stream(source, threshold_bytes=threshold_bytes):
+        return source
+    source.close()
+    return load_scan(path, measurement=measurement)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ptycholib import archive as archive_io
-from ptycholib import forward, grouping, metrics, reassemble, stream
+from ptycholib import distributed, forward, grouping, metrics, reassemble, stream
 from ptycholib._io import atomic_write
 from ptycholib.archive import ModelArchive
 from ptycholib.backends import get_backend
@@ -146,6 +146,7 @@ def prepare_training(data, config, *, initial_weights=None):
         checks the grouped arrays, picks the loss's targets, plans the epochs and splits off validation.
     """
     model_config, training = config.model, config.training
+    distributed.prepare(training)  # TF's multi-worker strategy must exist before the model does
     backend = get_backend(training.backend)
     if isinstance(data, stream.PatternSource):  # patterns stay on disk: batches are read (ptycholib.stream)
         return (backend, *_streamed_training(backend, data, config, initial_weights))

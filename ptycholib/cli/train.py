@@ -16,7 +16,7 @@ import csv
 import dataclasses
 from pathlib import Path
 
-from ptycholib import archive, data, workflow
+from ptycholib import archive, distributed, stream, workflow
 from ptycholib.cli._common import add_backend, add_measurement
 from ptycholib.config import Config, apply_overrides, load_config
 
@@ -28,7 +28,8 @@ def register(subparsers):
     parser = subparsers.add_parser("train", help="train a model and write DIR/wts.h5.zip and DIR/history.csv",
                                    description="Train on a data set in ptycholib's NPZ contract. Config: --config "
                                    "FILE, then key=value overrides (e.g. nepochs=5 gridsize=2), then --backend.")
-    parser.add_argument("--data", required=True, help="training data (.npz, SPEC section 5)")
+    parser.add_argument("--data", required=True, help="training data (.npz, SPEC section 5; .h5, its HDF5 variant; or a "
+                        "ptychodus diffraction.h5 / folder)")
     add_backend(parser, "overrides training.backend")
     parser.add_argument("--config", help="config file (.json/.yaml); defaults when omitted")
     parser.add_argument("--init", metavar="MODEL",
@@ -36,6 +37,9 @@ def register(subparsers):
     add_measurement(parser)
     parser.add_argument("--out", required=True, help="output folder for wts.h5.zip, history.csv and logs")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
+                        help="read training batches from the file (on), hold the scan in memory (off), or stream "
+                        "only above 1 GiB of amplitudes (auto); same batches either way (docs/cluster.md)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.set_defaults(func=run)
 
@@ -48,15 +52,20 @@ def run(args):
         config = dataclasses.replace(config, model=parent.config.model)
     items = list(args.overrides) + ([f"backend={args.backend}"] if args.backend else [])
     config = apply_overrides(config, items)
-    dataset = data.load_npz(args.data, measurement=args.measurement)
+    dataset = stream.open_scan(args.data, measurement=args.measurement, mode=args.stream)
     initial_weights, parent_record = None, None
     if parent is not None:
         config, initial_weights, parent_record = workflow.fine_tuning_start(parent, dataset, config,
                                                                             parent_path=args.init)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    trained = workflow.train_model(dataset, config, initial_weights=initial_weights, log_dir=out / "logs",
+    trained = workflow.train_model(dataset, config, initial_weights=initial_weights,
+                                   log_dir=distributed.log_dir_for(out / "logs", config.training),
                                    progress=not args.no_progress)
+    if isinstance(dataset, stream.PatternSource):
+        dataset.close()
+    if not distributed.is_primary_process():  # DDP / multi-worker: rank 0 writes the results
+        return 0
     saved = dataclasses.replace(trained.archive, parent=parent_record)
     path = archive.save_model(out / archive.DEFAULT_NAME, saved)
     history_path = out / "history.csv"

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import batching, schedules
+from .. import batching, distributed, schedules
 from . import network, physics
 
 __all__ = ["train", "predict_patches", "loss_gradients"]
@@ -141,6 +141,19 @@ class _Module(keras.Model):
     def metrics(self):
         return [self.loss_tracker]
 
+    def _logs(self):
+        result = self.loss_tracker.result()
+        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            result = tf.reshape(result, [1])  # Keras averages workers' step outputs along axis 0
+        return {"loss": result}
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras averages one batch over the replicas to build the model symbolically; under
+        # MultiWorkerMirroredStrategy that reduction fails on a dict of tensors. Nothing needs building.
+        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def set_precision(self, policy):
         """Give every convolution the Keras dtype policy ``policy`` (weights stay float32)."""
         for conv in network._named_convs(self.model.net).values():
@@ -172,11 +185,11 @@ class _Module(keras.Model):
             scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
         self.optimizer.apply(tape.gradient(scaled, variables), variables)
         self._accumulate(loss, batch)
-        return {"loss": self.loss_tracker.result()}
+        return self._logs()
 
     def test_step(self, batch):
         self._accumulate(self._loss(batch), batch)
-        return {"loss": self.loss_tracker.result()}
+        return self._logs()
 
     def call(self, inputs, offsets):
         return self.model(inputs, offsets)
@@ -279,6 +292,8 @@ class _History(keras.callbacks.Callback):
 
 def _strategy(training_config):
     """The tf.distribute strategy for the config's Lightning-style ``accelerator`` / ``devices`` / ``strategy``."""
+    if distributed.is_multi_worker():  # TF_CONFIG lists several tasks: one replica per worker (docs/cluster.md)
+        return distributed.multi_worker_strategy()
     name = str(training_config.strategy).lower()
     devices = int(training_config.devices)
     if name in ("auto", "default", "none", "single_device") and devices == 1:

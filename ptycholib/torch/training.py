@@ -493,6 +493,7 @@ def train(
         trainer = L.Trainer(
             accelerator=training_config.accelerator,
             devices=training_config.devices,
+            num_nodes=training_config.num_nodes,
             strategy=_strategy(training_config),
             precision=_PRECISIONS[data.precision],
             max_epochs=len(data.plan),
