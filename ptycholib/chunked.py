@@ -111,6 +111,27 @@ def _canvas_shape(source):
     return (int(np.ceil(source.y_px.max())) + half + 2, int(np.ceil(source.x_px.max())) + half + 2)
 
 
+def _scatter_chunk(numerator, denominator, patches, x_px, y_px, region_start, region_size, weights):
+    """Add one chunk's reassembly sums into the canvases, computed on the chunk's own bounding box.
+
+    A chunk of a raster scan covers a band of the object; scattering on that box instead of the
+    whole canvas keeps ``np.bincount``'s output small. Positions move by whole pixels, which leaves
+    their fractional parts, hence the bilinear weights, bit for bit the same.
+    """
+    reach = patches.shape[-1] // 2 + 2  # a tile spans floor(y) - N/2 .. floor(y) + N/2 + 1
+    rows, cols = numerator.shape
+    row0, row1 = max(0, int(np.floor(y_px.min())) - reach), min(rows, int(np.ceil(y_px.max())) + reach + 1)
+    col0, col1 = max(0, int(np.floor(x_px.min())) - reach), min(cols, int(np.ceil(x_px.max())) + reach + 1)
+    if row1 <= row0 or col1 <= col0:
+        return  # the whole chunk lies off the canvas
+    plan = reassemble._plan(patches.shape, x_px - col0, y_px - row0, (row1 - row0, col1 - col0),
+                            region_start=region_start, region_size=region_size)
+    part_numerator, part_denominator = reassemble._accumulate(
+        reassemble._region_values(patches, region_start, region_size), plan, weights)
+    numerator[row0:row1, col0:col1] += part_numerator
+    denominator[row0:row1, col0:col1] += part_denominator
+
+
 def reconstruct_partial(model, source, *, positions=None, backend=None, inference=None,
                         chunk_size=DEFAULT_CHUNK_SIZE, progress=False):
     """Predict the groups seeded by ``positions`` chunk by chunk and return their reassembly canvases.
@@ -170,12 +191,8 @@ def reconstruct_partial(model, source, *, positions=None, backend=None, inferenc
                                                   batch_size=inference.batch_size)
         inference_seconds += time.perf_counter() - begin
         begin = time.perf_counter()
-        plan = reassemble._plan(patches.shape, source.x_px[members], source.y_px[members], shape,
-                                region_start=region_start, region_size=region_size)
-        part_numerator, part_denominator = reassemble._accumulate(
-            reassemble._region_values(patches, region_start, region_size), plan, weights)
-        numerator += part_numerator
-        denominator += part_denominator
+        _scatter_chunk(numerator, denominator, patches, source.x_px[members], source.y_px[members],
+                       region_start, region_size, weights)
         reassembly_seconds += time.perf_counter() - begin
     seeds = np.arange(start, stop)
     region = metrics.scanned_region_mask(source.x_px[seeds], source.y_px[seeds], shape, inference.crop_size)

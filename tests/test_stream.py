@@ -4,6 +4,7 @@ Every streamed path is compared with the in-memory path on the tiny data set: re
 amplitudes, chunked reconstruction the same object (to 1e-6), streamed training the same batches.
 """
 
+import dataclasses
 import zipfile
 
 import numpy as np
@@ -270,3 +271,15 @@ def test_cli_reconstruct_refuses_refine_when_streaming(files, tiny_train_test, t
                  "--refine", "2", "--out", str(tmp_path / "r.npz")])
     assert code == 2
 
+
+
+def test_chunked_reconstruction_with_probe_weights(files, tiny_train_test):
+    pytest.importorskip("torch")
+    _, test = tiny_train_test
+    model = untrained_archive(test, "torch")
+    inference = dataclasses.replace(model.config.inference, weighting="probe")
+    whole = workflow.reconstruct(model, test, inference=inference)
+    with stream.open_patterns(files["stored"]) as source:
+        streamed = chunked.reconstruct_chunked(model, source, inference=inference, chunk_size=8)
+    np.testing.assert_allclose(streamed.obj, whole.obj, rtol=0, atol=1e-6 * np.abs(whole.obj).max())
+    np.testing.assert_allclose(streamed.weights, whole.weights, rtol=1e-6)
