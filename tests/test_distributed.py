@@ -63,6 +63,20 @@ def test_cli_train_under_lightning_ddp_on_two_cpu_processes(tiny_data_dir, tmp_p
 
 
 @pytest.mark.slow
+def test_cli_train_under_torchrun(tiny_data_dir, tmp_path):
+    """``torchrun --nproc-per-node 2 -m ptycholib train ... devices=2 strategy=ddp``: Lightning joins torchrun's processes."""
+    pytest.importorskip("torch")
+    pytest.importorskip("lightning")
+    out = tmp_path / "torchrun"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "ptycholib",
+               "train", "--data", str(tiny_data_dir / "train.npz"), "--backend", "torch", "--out", str(out),
+               "accelerator=cpu", "devices=2", "strategy=ddp", *SMALL]
+    result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(_history(out)) == 1 and archive.load_model(out).config.training.devices == 2
+
+
+@pytest.mark.slow
 def test_tf_multi_worker_mirrored_strategy_with_two_local_workers(tiny_data_dir, tmp_path):
     """Two ``ptycholib train --backend tensorflow`` workers with TF_CONFIG on localhost train one epoch together."""
     pytest.importorskip("tensorflow")
