@@ -26,6 +26,7 @@ chunk by chunk; `StreamedGroups` feeds training batches read from the file, in t
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import types
 import warnings
@@ -56,8 +57,8 @@ __all__ = [
 STREAM_THRESHOLD_BYTES = 2**30
 """Scans whose float32 amplitudes exceed this (1 GiB, about 65 000 patterns at N = 64) stream by default."""
 
-DEFAULT_CHUNK_SIZE = 4096
-"""Patterns (or groups) read and predicted per chunk when streaming."""
+DEFAULT_CHUNK_SIZE = 2048
+"""Groups read and predicted per chunk when streaming (about 100 MB of patterns, inputs and patches at N = 64)."""
 
 _H5_SUFFIXES = (".h5", ".hdf5")
 
@@ -145,6 +146,21 @@ def _read_rows(rows, indices):
     if last - first <= 4 * len(indices):  # a little more read, far fewer calls (h5py point selections are slow)
         return np.asarray(rows[first:last])[indices - first]
     return np.asarray(rows[indices])
+
+
+def _release_pages(rows):
+    """Drop a memory map's pages from this process once read (they stay in the page cache).
+
+    Touched pages of a file mapping count in the process's resident memory until the kernel needs
+    them back; a scan read once through would look as large as the file. ``MADV_DONTNEED`` unmaps them
+    from the process (a later read faults them in again from the cache).
+    """
+    mapping = getattr(rows, "_mmap", None)
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mapping.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # a platform without it: the pages are only reclaimable
+            pass
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,6 +281,7 @@ class PatternSource:
         unique, inverse = np.unique(indices, return_inverse=True)
         rows = unique if self._row_index is None else self._row_index[unique]
         amplitudes = self._convert(_read_rows(self._rows, rows), int(unique[0]) if unique.size else 0)
+        _release_pages(self._rows)
         if len(unique) == len(indices) and np.array_equal(unique, indices):
             return amplitudes
         return amplitudes[inverse.reshape(-1)]
