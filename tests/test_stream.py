@@ -283,3 +283,28 @@ def test_chunked_reconstruction_with_probe_weights(files, tiny_train_test):
         streamed = chunked.reconstruct_chunked(model, source, inference=inference, chunk_size=8)
     np.testing.assert_allclose(streamed.obj, whole.obj, rtol=0, atol=1e-6 * np.abs(whole.obj).max())
     np.testing.assert_allclose(streamed.weights, whole.weights, rtol=1e-6)
+
+
+def test_scale_benchmark_writes_its_scan_in_chunks(tmp_path):
+    pytest.importorskip("h5py")
+    from ptycholib.bench import scale
+
+    path = scale.simulate_scan_file(tmp_path / "scan.h5", 50, chunk=16)
+    with stream.open_patterns(path) as source:
+        assert source.n_positions == 50 and source.obj is None
+        amplitudes = source.read(0, 50)
+    assert np.all(amplitudes.sum(axis=(-2, -1)) > 0)
+    x_px, y_px, _ = scale._raster(50, 64, 8)
+    np.testing.assert_array_equal(source.x_px, x_px)
+
+
+@pytest.mark.slow
+def test_scale_benchmark_rows(monkeypatch):
+    pytest.importorskip("torch")
+    from ptycholib import bench
+
+    monkeypatch.setenv("PTYCHOLIB_BENCH_SCALE_SIZES", "32,48")
+    rows = bench.run(["scale"], threads=1)
+    names = [row.name for row in rows]
+    assert "peak RSS, 48 patterns" in names and "per-pattern time, slowest / fastest size" in names
+    assert all(np.isfinite(row.value) and row.value > 0 for row in rows)
