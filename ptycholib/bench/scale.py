@@ -14,7 +14,8 @@ from ``resource.getrusage(RUSAGE_SELF)`` in the child: ``RUSAGE_CHILDREN`` in th
 maximum over every child so far, which would hide a smaller later size.
 
 Sizes: 10^3 with ``--quick``; 10^3, 10^4, 10^5 otherwise; ``PTYCHOLIB_BENCH_SCALE_SIZES=1000,10000``
-overrides both. Files go to a temporary folder (``TMPDIR``; about 1.7 GB at 10^5).
+overrides both, and ``PTYCHOLIB_BENCH_SCALE_STREAM=on|off`` forces streaming or the in-memory path
+(default ``auto``, as the command). Files go to a temporary folder (``TMPDIR``; about 1.7 GB at 10^5).
 """
 
 from __future__ import annotations
@@ -106,11 +107,11 @@ def untrained_model_file(path, data_path, *, backend="torch"):
 _CHILD = """
 import json, resource, sys, time
 from ptycholib import archive, stream, workflow
-model_path, data_path, out_path = sys.argv[1:4]
+model_path, data_path, out_path, mode = sys.argv[1:5]
 model = archive.load_model(model_path)
 workflow.build_backend_model(model)  # framework import and model build: not part of the scan's cost
 start = time.perf_counter()
-scan = stream.open_scan(data_path, mode="auto")
+scan = stream.open_scan(data_path, mode=mode)
 streamed = isinstance(scan, stream.PatternSource)
 recon = workflow.reconstruct(model, scan)
 workflow.save_reconstruction(recon, out_path)
@@ -123,11 +124,14 @@ print("RESULT " + json.dumps({"seconds": seconds, "peak_kib": peak_kib, "streame
 """
 
 
-def measure_reconstruct(model_path, data_path, out_path):
-    """Run one reconstruction in a fresh process; return its ``seconds``, ``peak_kib``, ``streamed``."""
+def measure_reconstruct(model_path, data_path, out_path, *, mode="auto"):
+    """Run one reconstruction in a fresh process; return its ``seconds``, ``peak_kib``, ``streamed``.
+
+    ``mode`` is ``reconstruct --stream``'s: ``"auto"``, ``"on"`` or ``"off"``.
+    """
     root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p))
-    result = subprocess.run([sys.executable, "-c", _CHILD, str(model_path), str(data_path), str(out_path)],
+    result = subprocess.run([sys.executable, "-c", _CHILD, str(model_path), str(data_path), str(out_path), mode],
                             env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"reconstruct of {Path(data_path).name} failed: {result.stderr[-2000:]}")
@@ -152,13 +156,16 @@ def _sizes(quick):
 def scale_benchmark(quick):
     """Per-pattern time and peak RSS of a reconstruction for growing scans (see the module docstring)."""
     rows, per_pattern = [], {}
+    mode = os.environ.get("PTYCHOLIB_BENCH_SCALE_STREAM", "auto")
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"PTYCHOLIB_BENCH_SCALE_STREAM={mode!r} must be auto, on or off.")
     with tempfile.TemporaryDirectory(prefix="ptycholib-scale-") as folder:
         folder = Path(folder)
         sizes = _sizes(quick)
         data_paths = {size: simulate_scan_file(folder / f"scan{size}.h5", size) for size in sizes}
         model_path = untrained_model_file(folder / "wts.h5.zip", data_paths[sizes[0]])
         for size in sizes:
-            result = measure_reconstruct(model_path, data_paths[size], folder / f"recon{size}.npz")
+            result = measure_reconstruct(model_path, data_paths[size], folder / f"recon{size}.npz", mode=mode)
             data_paths[size].unlink()
             per_pattern[size] = result["seconds"] / size
             path = "streamed" if result["streamed"] else "in memory"
