@@ -95,7 +95,11 @@ class _ZipStreamRows:
         self.archive = zipfile.ZipFile(path)
         self.handle = self.archive.open(member)
         self.shape, fortran, self.dtype = _npy_header(self.handle)
+        if self.dtype.hasobject:
+            self.close()
+            raise ValueError(f"{member} in {Path(path).name} is a pickled object array; ptycholib never unpickles.")
         if fortran:
+            self.close()
             raise ValueError(f"{Path(path).name}: {member} is stored in Fortran order; re-save it with np.savez.")
         self.start = self.handle.tell()
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
@@ -129,7 +133,10 @@ def _npz_rows(path, key):
         with archive.open(member) as handle:
             shape, fortran, dtype = _npy_header(handle)
             header_length = handle.tell()
-    if fortran or dtype.hasobject:
+    if dtype.hasobject:
+        raise ValueError(f"{key} in {Path(path).name} is a pickled object array; ptycholib never unpickles. Re-save "
+                         "the file with plain arrays.")
+    if fortran:
         return _ZipStreamRows(path, member), "compressed"
     offset = _stored_member_offset(path, info) + header_length
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape)), "memory-mapped"

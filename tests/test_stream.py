@@ -308,3 +308,25 @@ def test_scale_benchmark_rows(monkeypatch):
     names = [row.name for row in rows]
     assert "peak RSS, 48 patterns" in names and "per-pattern time, slowest / fastest size" in names
     assert all(np.isfinite(row.value) and row.value > 0 for row in rows)
+
+
+def test_cli_train_streams_from_hdf5(files, tmp_path):
+    pytest.importorskip("torch")
+    from ptycholib.cli import main
+
+    code = main(["train", "--data", str(files["h5"]), "--backend", "torch", "--stream", "on", "--out", str(tmp_path),
+                 "--no-progress", "gridsize=1", "n_filters_scale=1", "n_groups=8", "nepochs=1", "batch_size=4",
+                 "validation_fraction=0.25", "logger=none"])
+    assert code == 0 and (tmp_path / archive.DEFAULT_NAME).is_file()
+
+
+def test_object_and_fortran_pattern_arrays_are_refused(tmp_path, tiny_train_test):
+    _, test = tiny_train_test
+    small = {"xcoords": test.x_px, "ycoords": test.y_px, "probeGuess": test.probe}
+    np.savez(tmp_path / "fortran.npz", diff3d=np.asfortranarray(test.amplitudes), **small)
+    with pytest.raises(ValueError, match="Fortran order"):
+        stream.open_patterns(tmp_path / "fortran.npz", measurement="amplitude")
+    objects = np.empty(len(test.x_px), dtype=object)
+    np.savez(tmp_path / "objects.npz", diff3d=objects, allow_pickle=True, **small)
+    with pytest.raises(ValueError, match="never unpickles"):
+        stream.open_patterns(tmp_path / "objects.npz", measurement="amplitude")
