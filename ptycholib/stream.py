@@ -115,7 +115,8 @@ class _ZipStreamRows:
         for run_start, run in zip(np.r_[0, breaks], np.split(rows, breaks)):
             self.handle.seek(self.start + int(run[0]) * self.row_bytes)
             buffer = self.handle.read(len(run) * self.row_bytes)
-            out[run_start : run_start + len(run)] = np.frombuffer(buffer, dtype=self.dtype).reshape((len(run),) + tuple(self.shape[1:]))
+            values = np.frombuffer(buffer, dtype=self.dtype)
+            out[run_start : run_start + len(run)] = values.reshape((len(run),) + tuple(self.shape[1:]))
         return out
 
     def close(self):

@@ -140,6 +140,8 @@ def test_split_inference_merges_to_the_single_process_result(files, tiny_train_t
         ranges = [(0, 5), (5, 12), (12, source.n_positions)]
         paths = [chunked.save_partial(chunked.reconstruct_partial(model, source, positions=r, chunk_size=8),
                                       tmp_path / f"part{i}.npz", source="test.npz") for i, r in enumerate(ranges)]
+        in_memory_part = chunked.reconstruct_partial(model, test, positions=(5, 12), chunk_size=8)  # a PtychoData
+        np.testing.assert_array_equal(in_memory_part.numerator, chunked.load_partial(paths[1]).numerator)
     merged = chunked.merge_partials(paths[::-1])  # any order
     np.testing.assert_array_equal(merged.obj, single.obj)
     np.testing.assert_array_equal(merged.weights, single.weights)
