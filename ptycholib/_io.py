@@ -221,7 +221,7 @@ def one_line(exc):
 
 
 @contextlib.contextmanager
-def open_npz(path, *, what="NPZ file", unread=()):
+def open_npz(path, *, what="NPZ file", unread=(), uncapped=()):
     """Open an NPZ file for reading after checking its zip directory and every array header.
 
     Parameters
@@ -232,6 +232,9 @@ def open_npz(path, *, what="NPZ file", unread=()):
     unread : tuple of str
         Keys the caller skips without reading (PtychoPINN's pickled ``_metadata``): their headers are
         not checked, only their stored size counts towards the limit.
+    uncapped : tuple of str
+        Keys whose headers are checked but whose bytes do not count towards `max_array_bytes`: the
+        pattern arrays that `ptycholib.stream` reads chunk by chunk, never whole.
 
     Yields
     ------
@@ -292,7 +295,7 @@ def open_npz(path, *, what="NPZ file", unread=()):
                     f"{key} in {where} declares shape {shape} of {dtype} ({format_bytes(n_bytes)}) but the member holds "
                     f"{format_bytes(max(info.file_size - header_bytes, 0))} of data; the file is corrupt."
                 )
-            total += n_bytes
+            total += 0 if key in uncapped else n_bytes
         if total > limit:
             raise ValueError(
                 f"{where} declares {format_bytes(total)} of arrays, more than the {format_bytes(limit)} one file may hold "

@@ -17,7 +17,7 @@ import numpy as np
 from ptycholib.config import Stage
 
 __all__ = ["EpochPlan", "epoch_plan", "split_validation", "epoch_order", "TrainingArrays", "prepare_training_arrays",
-           "as_group_array", "NonFiniteLossError"]
+           "as_group_array", "is_streamed", "NonFiniteLossError"]
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ class TrainingArrays:
 
     Attributes
     ----------
-    groups : dict of str to ndarray
+    groups : dict of str to ndarray, or ptycholib.stream.StreamedGroups
         ``inputs`` (G, C, N, N) float32, ``offsets`` (G, C, 2) float32 (last axis ``(x, y)``, pixels)
         and the loss's targets: ``amplitudes`` (G, C, N, N) float32 for ``model_type='pinn'``, or
         ``amplitude`` and ``phase`` (G, K, N, N) float32, modulus and angle of the ground-truth
@@ -201,6 +201,13 @@ class TrainingArrays:
     val_indices: np.ndarray
 
 
+def is_streamed(groups):
+    """True for training groups read from a file batch by batch (`ptycholib.stream.StreamedGroups`)."""
+    from ptycholib.stream import StreamedGroups
+
+    return isinstance(groups, StreamedGroups)
+
+
 def prepare_training_arrays(model_config, training_config, inputs, offsets, amplitudes, *, target_patches=None,
                             validation_fraction=None):
     """Check the training data, pick the loss's targets, and plan and split the run (both backends).
@@ -215,8 +222,10 @@ def prepare_training_arrays(model_config, training_config, inputs, offsets, ampl
         ``N``, ``gridsize`` (C), ``n_object_channels`` (K) and ``model_type``.
     training_config : ptycholib.config.TrainingConfig
         The stages (`epoch_plan`), ``validation_fraction``, ``seed`` and ``precision``.
-    inputs : ndarray of shape (G, C, N, N)
-        Normalised amplitudes ``x = g * a``.
+    inputs : ndarray of shape (G, C, N, N), or ptycholib.stream.StreamedGroups
+        Normalised amplitudes ``x = g * a``; or groups whose batches are read from a file (then
+        ``offsets``, ``amplitudes`` and ``target_patches`` are not used and ``TrainingArrays.groups``
+        is that object).
     offsets : ndarray of shape (G, C, 2)
         Position minus group mean in pixels, last axis ``(x, y)``.
     amplitudes : ndarray of shape (G, C, N, N)
@@ -239,11 +248,21 @@ def prepare_training_arrays(model_config, training_config, inputs, offsets, ampl
 
     cfg = model_config
     channels, size = cfg.n_channels, cfg.N
-    inputs = as_group_array("inputs", inputs, (len(inputs), channels, size, size), np.float32)
-    n_groups = len(inputs)
-    groups = {"inputs": inputs, "offsets": as_group_array("offsets", offsets, (n_groups, channels, 2), np.float32)}
     supervised = cfg.model_type == "supervised"
-    if supervised:
+    if is_streamed(inputs):  # checked batch by batch as the patterns are read
+        if inputs.source.patch_size != size or inputs.groups.channels != channels:
+            raise ValueError(f"streamed groups have {inputs.groups.channels} patterns of {inputs.source.patch_size} px; "
+                             f"the model needs {channels} of {size} px.")
+        if supervised != (inputs.target_channels is not None):
+            raise ValueError("streamed groups were built for another model_type; build them from this config.")
+        n_groups, groups = len(inputs), inputs
+    else:
+        inputs = as_group_array("inputs", inputs, (len(inputs), channels, size, size), np.float32)
+        n_groups = len(inputs)
+        groups = {"inputs": inputs, "offsets": as_group_array("offsets", offsets, (n_groups, channels, 2), np.float32)}
+    if is_streamed(groups):
+        pass
+    elif supervised:
         if target_patches is None:
             raise ValueError("model_type='supervised' needs target_patches (ground-truth patches, (B, K, N, N) complex).")
         target_shape = (n_groups, cfg.n_object_channels, size, size)

@@ -276,6 +276,9 @@ class TrainingConfig:
         accelerator ``"cpu"``, ``"gpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``; strategy ``"auto"``,
         ``"single_device"``, ``"ddp"``, ``"ddp_spawn"``, ``"ddp_find_unused_parameters_true"`` or
         ``"mirrored"`` (TensorFlow's name for ``"ddp"``).
+    num_nodes : int
+        Machines training together (Lightning's ``num_nodes``; with TensorFlow, the workers that
+        ``TF_CONFIG`` lists). ``devices`` is per node. See docs/cluster.md.
     logger : str
         ``"csv"``, ``"mlflow"`` (needs the mlflow extra) or ``"none"``.
     precision : str
@@ -316,6 +319,7 @@ class TrainingConfig:
     early_stopping_restore_best: bool = True
     accelerator: str = "cpu"
     devices: int = 1
+    num_nodes: int = 1
     strategy: str = "auto"
     logger: str = "csv"
     precision: str = "32"
@@ -388,6 +392,7 @@ class TrainingConfig:
         _check_positive_int("devices", self.devices)
         _check_choice("accelerator", self.accelerator, ACCELERATORS)
         _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_positive_int("num_nodes", self.num_nodes)
         _check_path("train_data_file", self.train_data_file, optional=True)
         _check_path("test_data_file", self.test_data_file, optional=True)
         _check_path("output_dir", self.output_dir)

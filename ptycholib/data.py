@@ -20,6 +20,10 @@ touches two tiles; positions are absolute on the mosaic, and the optional key ``
 ``(M,)`` int64 names each position's tile (absent: every position belongs to object 0). Grouping
 never mixes objects (`ptycholib.grouping.group_neighbors`). Readers that ignore ``object_index`` see
 one large object, which is what reconstruction and evaluation use.
+
+HDF5 variant (``.h5``, for scans larger than memory): the same keys as HDF5 datasets, ``diff3d``
+chunked along the patterns, and ``metadata`` as a JSON root attribute; `ptycholib.stream` reads and
+writes it (and memory-maps the stored members of an NPZ). docs/cluster.md describes both.
 """
 
 from __future__ import annotations

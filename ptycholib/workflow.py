@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ptycholib import archive as archive_io
-from ptycholib import forward, grouping, metrics, reassemble, tracking
+from ptycholib import distributed, forward, grouping, metrics, reassemble, stream, tracking
 from ptycholib._io import atomic_write, open_npz
 from ptycholib.archive import ModelArchive
 from ptycholib.backends import get_backend
@@ -153,7 +153,10 @@ def prepare_training(data, config, *, initial_weights=None):
         checks the grouped arrays, picks the loss's targets, plans the epochs and splits off validation.
     """
     model_config, training = config.model, config.training
+    distributed.prepare(training)  # TF's multi-worker strategy must exist before the model does
     backend = get_backend(training.backend)
+    if isinstance(data, stream.PatternSource):  # patterns stay on disk: batches are read (ptycholib.stream)
+        return (backend, *_streamed_training(backend, data, config, initial_weights))
     groups = grouping.group_neighbors(
         data.x_px, data.y_px, model_config.gridsize, neighbor_count=training.neighbor_count,
         n_groups=training.n_groups, seed=training.seed, sequential=training.sequential_sampling,
@@ -172,6 +175,27 @@ def prepare_training(data, config, *, initial_weights=None):
     return backend, model, grouped, input_scale
 
 
+def _streamed_training(backend, source, config, initial_weights):
+    """`prepare_training` for a `ptycholib.stream.PatternSource`: the same groups, g and s0, batches read lazily."""
+    model_config, training = config.model, config.training
+    groups = grouping.group_neighbors(
+        source.x_px, source.y_px, model_config.gridsize, neighbor_count=training.neighbor_count,
+        n_groups=training.n_groups, seed=training.seed, sequential=training.sequential_sampling,
+        object_index=source.object_index,
+    )
+    input_scale, intensity_scale = stream.scan_statistics(source, model_config.probe_scale,
+                                                          input_transform=model_config.input_transform)
+    supervised = model_config.model_type == "supervised"
+    streamed = stream.StreamedGroups(source, groups, input_scale, input_transform=model_config.input_transform,
+                                     target_channels=model_config.n_object_channels if supervised else None)
+    grouped = GroupedData(inputs=streamed, amplitudes=None, offsets=np.asarray(groups.offsets, dtype=np.float32),
+                          indices=np.asarray(groups.indices, dtype=np.int64))
+    model = backend.network.build_model(model_config, source.probe, intensity_scale, seed=training.seed)
+    if initial_weights is not None:
+        backend.network.set_weights(model, initial_weights)
+    return model, grouped, input_scale
+
+
 def train_model(data, config, *, initial_weights=None, log_dir=None, progress=True, callback=None, resume=False):
     """Train a model on ``data`` with the backend of ``config.training.backend``.
 
@@ -181,6 +205,8 @@ def train_model(data, config, *, initial_weights=None, log_dir=None, progress=Tr
         Training scan (amplitudes, positions, probe; the object too for ``model_type='supervised'``).
         With several objects (``data.object_index``, e.g. ``simulate --n-objects K``) every group
         stays within one object.
+        A `ptycholib.stream.PatternSource` trains on the same groups and batches with the patterns
+        read from the file batch by batch (scans larger than memory).
     config : Config
     initial_weights : dict, optional
         Canonical weights to start from (e.g. another backend's initial weights, for parity runs).
@@ -315,7 +341,9 @@ def reconstruct(model, data, *, backend=None, inference=None, progress=False):
     ----------
     model : TrainedModel, ModelArchive or path
         A model archive (``wts.h5.zip``) or its loaded contents.
-    data : ptycholib.data.PtychoData
+    data : ptycholib.data.PtychoData or ptycholib.stream.PatternSource
+        A source is reconstructed chunk by chunk (`ptycholib.chunked.reconstruct_chunked`: the same
+        result in bounded memory, without ``object_patches``).
     backend : str, optional
         Backend to predict with; default ``inference.backend``, else the one that trained the model.
     inference : InferenceConfig, optional
@@ -327,6 +355,10 @@ def reconstruct(model, data, *, backend=None, inference=None, progress=False):
     -------
     Reconstruction
     """
+    if isinstance(data, stream.PatternSource):  # chunk by chunk, in bounded memory
+        from ptycholib import chunked
+
+        return chunked.reconstruct_chunked(model, data, backend=backend, inference=inference, progress=progress)
     saved = _as_archive(model)
     inference = inference or saved.config.inference
     if data.amplitudes.shape[-1] != saved.config.model.N:
@@ -462,9 +494,9 @@ def fine_tuning_start(parent, data, config, *, parent_path=None):
         changed = [f.name for f in fields(config.model)
                    if getattr(config.model, f.name) != getattr(parent.config.model, f.name)]
         raise ValueError(f"fine-tuning keeps the archived model's architecture; refused change of {', '.join(changed)}.")
-    if data.amplitudes.shape[-1] != parent.config.model.N:
+    if data.patch_size != parent.config.model.N:
         raise ValueError(f"the archived model was trained for N={parent.config.model.N} but the scan holds "
-                         f"{data.amplitudes.shape[-1]} px patterns.")
+                         f"{data.patch_size} px patterns.")
     weights = {**parent.weights, "physics.probe": np.asarray(data.probe, dtype=parent.probe.dtype)}
     record = None
     if parent_path is not None:

@@ -12,7 +12,8 @@ import ptycholib
 from ptycholib.backends import is_available
 
 SHARED = ["config", "interop", "data", "simulate", "grouping", "forward", "reassemble", "metrics", "archive", "workflow",
-          "plotting", "baseline", "parity", "notebooks", "bench", "backends", "batching", "cli", "schedules", "refine", "tracking"]
+          "plotting", "baseline", "parity", "notebooks", "bench", "backends", "batching", "cli", "schedules", "refine", "tracking",
+          "stream", "chunked", "distributed", "datacheck"]
 
 
 @pytest.mark.parametrize("name", SHARED)

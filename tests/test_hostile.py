@@ -409,7 +409,8 @@ def test_bad_npz_files_are_refused(command, build, expect, good_model, inputs, t
 
 def test_npz_decompression_bomb_is_refused_before_reading(inputs, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(_io.MAX_ARRAY_BYTES_ENV, str(2**20))
-    scan = _npz(inputs / "scan.npz", **_scan(diff3d=np.zeros((256, N, N), np.float32)))  # 4 MiB of zeros
+    scan = _npz(inputs / "scan.npz", **_scan(diff3d=np.zeros((256, N, N), np.float32), xcoords=np.full(256, 40.0),
+                                             ycoords=np.full(256, 40.0)))  # 4 MiB of zeros
     with zipfile.ZipFile(scan) as zf:  # np.savez stores; compress it as an attacker would
         members = {name: zf.read(name) for name in zf.namelist()}
     _write_archive(scan, members, fix_checksums=False)
@@ -420,7 +421,8 @@ def test_npz_decompression_bomb_is_refused_before_reading(inputs, tmp_path, caps
 def test_npz_bomb_in_a_subprocess_keeps_rss_small(inputs, tmp_path):
     """A 1 GiB deflated member (under 8 MiB on disk) is refused from its header; peak RSS stays < 500 MB."""
     scan = inputs / "scan.npz"
-    arrays = _scan()
+    n_patterns = 2**30 // (4 * N * N)
+    arrays = _scan(xcoords=np.full(n_patterns, 40.0), ycoords=np.full(n_patterns, 40.0))  # consistent, so only size refuses
     with zipfile.ZipFile(scan, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         for key, value in arrays.items():
             if key != "diff3d":
@@ -428,7 +430,7 @@ def test_npz_bomb_in_a_subprocess_keeps_rss_small(inputs, tmp_path):
                 np.save(buffer, value)
                 zf.writestr(f"{key}.npy", buffer.getvalue())
         with zf.open("diff3d.npy", "w", force_zip64=True) as member:
-            shape = (2**30 // (4 * N * N), N, N)
+            shape = (n_patterns, N, N)
             np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False, "shape": shape})
             zeros = bytes(2**24)
             for _ in range(2**30 // len(zeros)):
@@ -699,3 +701,33 @@ def test_good_inputs_still_load(good_model, tiny_data_dir):
     assert archive.load_model(good_model).config == _config()
     assert data.load_npz(tiny_data_dir / "train.npz").n_positions > 0
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+@pytest.mark.parametrize("attack", ["external", "soft-link", "virtual"])
+@pytest.mark.parametrize("command", ["train", "reconstruct"])
+def test_hdf5_scans_that_reach_outside_the_file_are_refused(attack, command, good_model, inputs, tmp_path, capsys):
+    """The HDF5 variant of the data contract (read by `ptycholib.stream`) gets the archive's structural checks."""
+    import h5py
+
+    arrays = _scan()
+    secret = inputs / "secret.bin"
+    secret.write_bytes(bytes(4 * 4 * N * N))
+    scan = inputs / "scan.h5"
+    with h5py.File(scan, "w") as handle:
+        for key, value in arrays.items():
+            if key == "metadata":
+                handle.attrs["metadata"] = str(value)
+            elif key != "diff3d":
+                handle[key] = value
+        if attack == "external":
+            handle.create_dataset("diff3d", shape=(4, N, N), dtype=np.float32, external=[(str(secret), 0, 4 * 4 * N * N)])
+        elif attack == "soft-link":
+            handle["elsewhere"] = arrays["diff3d"]
+            handle["diff3d"] = h5py.SoftLink("/elsewhere")
+        else:
+            layout = h5py.VirtualLayout(shape=(4, N, N), dtype=np.float32)
+            layout[...] = h5py.VirtualSource(str(secret), "data", shape=(4, N, N))
+            handle.create_virtual_dataset("diff3d", layout, fillvalue=0)
+    args = _train(scan, tmp_path) if command == "train" else _reconstruct(good_model, scan, tmp_path)
+    expect = {"external": "external storage", "soft-link": "soft link", "virtual": "virtual dataset"}[attack]
+    _refused(args, tmp_path, capsys, expect)

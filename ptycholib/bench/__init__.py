@@ -1,7 +1,8 @@
 """Named benchmarks: figures and ratios measured in one run (SPEC: speed is a ratio, never an assert).
 
 A benchmark is a function ``fn(quick: bool) -> list[Row]`` registered with `register`. The modules of
-this package that define benchmarks (``reassemble``, ``simulate``, ``backends``, ``spec10``) are listed
+this package that define benchmarks (``reassemble``, ``simulate``, ``backends``, ``spec10``, ``refine``,
+``scale``) are listed
 in ``_BENCH_MODULES`` and imported on demand, so a missing optional backend only removes its
 benchmarks. ``setting`` holds SPEC section 10's benchmark scan and data, used by ``simulate`` and
 ``spec10``.
@@ -17,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 __all__ = ["Row", "register", "available", "run", "pin_threads", "best_time", "format_table", "rows_to_json"]
 
-_BENCH_MODULES = ("reassemble", "simulate", "backends", "spec10", "refine")
+_BENCH_MODULES = ("reassemble", "simulate", "backends", "spec10", "refine", "scale")
 _REGISTRY = {}
 
 

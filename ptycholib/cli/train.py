@@ -26,7 +26,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ptycholib import archive, batching, data, tracking, workflow
+from ptycholib import archive, batching, distributed, stream, tracking, workflow
 from ptycholib._io import atomic_write
 from ptycholib.cli._common import add_backend, add_measurement, check_output_folder, output_folder
 from ptycholib.cli.check import add_strict, report_problems
@@ -42,7 +42,8 @@ def register(subparsers):
     parser = subparsers.add_parser("train", help="train a model and write DIR/wts.h5.zip and DIR/history.csv",
                                    description="Train on a data set in ptycholib's NPZ contract. Config: --config "
                                    "FILE, then key=value overrides (e.g. nepochs=5 gridsize=2), then --backend.")
-    parser.add_argument("--data", help="training data (.npz, SPEC section 5); required unless --resume")
+    parser.add_argument("--data", help="training data (.npz, SPEC section 5; .h5, its HDF5 variant; or a ptychodus "
+                        "diffraction.h5 / folder); required unless --resume")
     add_backend(parser, "overrides training.backend")
     parser.add_argument("--config", help="config file (.json/.yaml); defaults when omitted")
     parser.add_argument("--init", metavar="MODEL",
@@ -58,6 +59,9 @@ def register(subparsers):
                         "model is replaced only when the new one is written)")
     add_strict(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
+                        help="read training batches from the file (on), hold the scan in memory (off), or stream "
+                        "only above 1 GiB of amplitudes (auto); same batches either way (docs/cluster.md)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.set_defaults(func=run)
 
@@ -73,7 +77,8 @@ def run(args):
     if not args.data or not args.out:
         raise ValueError("--data and --out are required (or --resume DIR to continue a run).")
     out = check_output_folder(args.out)
-    if _holds_run(out) and not args.overwrite:
+    primary = distributed.is_primary_process()  # Lightning's DDP workers re-run this command: rank 0 owns --out
+    if primary and _holds_run(out) and not args.overwrite:
         raise ValueError(f"{out} already holds a model or a training run; pass --overwrite to replace it, or "
                          f"--resume {out} to continue it.")
     parent = archive.load_model(args.init) if args.init else None
@@ -82,19 +87,21 @@ def run(args):
         config = dataclasses.replace(config, model=parent.config.model)
     items = list(args.overrides) + ([f"backend={args.backend}"] if args.backend else [])
     config = apply_overrides(config, items)
-    dataset = data.load_npz(args.data, measurement=args.measurement)
+    dataset = stream.open_scan(args.data, measurement=args.measurement, mode=args.stream)
     initial_weights, parent_record = None, None
     if parent is not None:
         config, initial_weights, parent_record = workflow.fine_tuning_start(parent, dataset, config,
                                                                             parent_path=args.init)
-    report_problems(dataset, args.data, strict=args.strict)
-    if args.overwrite:
+    if not isinstance(dataset, stream.PatternSource):  # a streamed scan is checked chunk by chunk as it is read
+        report_problems(dataset, args.data, strict=args.strict)
+    if args.overwrite and primary:
         shutil.rmtree(out / "logs", ignore_errors=True)
-    record = {"data": str(Path(args.data).resolve()), "measurement": args.measurement, "parent": parent_record,
-              "config": config_to_dict(config)}
+    record = {"data": str(Path(args.data).resolve()), "measurement": args.measurement, "stream": args.stream,
+              "parent": parent_record, "config": config_to_dict(config)}
     with output_folder(out) as out:  # removed again if training is refused and the folder is new
-        with atomic_write(out / _RUN_FILE) as handle:
-            json.dump(record, handle, indent=2)
+        if primary:
+            with atomic_write(out / _RUN_FILE) as handle:
+                json.dump(record, handle, indent=2)
         return _train(out, dataset, config, initial_weights, parent_record, args, resume=False)
 
 
@@ -115,15 +122,17 @@ def _resume(args):
         raise ValueError(f"{out} holds no {_RUN_FILE}: not a folder that `ptycholib train --out` started.") from None
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{out / _RUN_FILE} is damaged ({error}); train afresh with --overwrite.") from None
-    dataset = data.load_npz(args.data or data_path, measurement=measurement)
-    report_problems(dataset, args.data or data_path, strict=args.strict)
+    dataset = stream.open_scan(args.data or data_path, measurement=measurement, mode=record.get("stream", "auto"))
+    if not isinstance(dataset, stream.PatternSource):
+        report_problems(dataset, args.data or data_path, strict=args.strict)
     return _train(out, dataset, config, None, parent_record, args, resume=True)
 
 
 def _train(out, dataset, config, initial_weights, parent_record, args, *, resume):
     handler = signal.getsignal(signal.SIGINT)
     try:
-        trained = workflow.train_model(dataset, config, initial_weights=initial_weights, log_dir=out / "logs",
+        trained = workflow.train_model(dataset, config, initial_weights=initial_weights,
+                                       log_dir=distributed.log_dir_for(out / "logs", config.training),
                                        progress=not args.no_progress, resume=resume)
     except batching.NonFiniteLossError as error:
         print(f"ptycholib train: error: {error} No model was written to {out}.", file=sys.stderr)
@@ -133,6 +142,10 @@ def _train(out, dataset, config, initial_weights, parent_record, args, *, resume
         return 130
     finally:
         signal.signal(signal.SIGINT, handler)  # Lightning ignores Ctrl-C after it handled one
+    if isinstance(dataset, stream.PatternSource):
+        dataset.close()
+    if not distributed.is_primary_process():  # DDP / multi-worker: rank 0 writes the results
+        return 0
     saved = dataclasses.replace(trained.archive, parent=parent_record)
     path = archive.save_model(out / archive.DEFAULT_NAME, saved)
     history_path = tracking.write_history(out / "history.csv", trained.history)

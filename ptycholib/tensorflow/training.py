@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import batching, schedules, tracking
+from .. import batching, distributed, schedules, tracking
 from . import network, physics
 
 __all__ = ["train", "predict_patches", "loss_gradients"]
@@ -85,12 +85,24 @@ class _Groups:
     """The groups as tensors: ``groups[indices]`` is one batch (a dict of tensors, one ``tf.gather`` each)."""
 
     def __init__(self, groups):
-        self.tensors = {name: tf.constant(value) for name, value in groups.items()}
+        # groups read from a file batch by batch (ptycholib.stream.StreamedGroups): the same batches
+        self.streamed = groups if batching.is_streamed(groups) else None
+        self.tensors = {} if self.streamed is not None else {name: tf.constant(value) for name, value in groups.items()}
 
     def __len__(self):
-        return len(next(iter(self.tensors.values())))
+        return len(self.streamed) if self.streamed is not None else len(next(iter(self.tensors.values())))
 
     def __getitem__(self, indices):
+        if self.streamed is not None:
+            streamed, keys = self.streamed, self.streamed.keys
+            values = tf.numpy_function(lambda i: tuple(streamed.batch(i)[key] for key in keys), [indices],
+                                       [tf.float32] * len(keys))
+            channels, size = streamed.groups.channels, streamed.source.patch_size
+            shapes = {"offsets": (None, channels, 2), "amplitude": (None, streamed.target_channels, size, size),
+                      "phase": (None, streamed.target_channels, size, size)}
+            for key, value in zip(keys, values):
+                value.set_shape(shapes.get(key, (None, channels, size, size)))
+            return dict(zip(keys, values))
         return {name: tf.gather(tensor, indices) for name, tensor in self.tensors.items()}
 
     def batches(self, sampler, epochs):
@@ -160,6 +172,19 @@ class _Module(keras.Model):
     def metrics(self):
         return list(self.trackers.values())
 
+    def _logs(self, values):
+        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras averages workers' step outputs along axis 0
+            return {name: tf.reshape(value, [1]) for name, value in values.items()}
+        return values
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras averages one batch over the replicas to build the model symbolically; under
+        # MultiWorkerMirroredStrategy that reduction fails on a dict of tensors. Nothing needs building.
+        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def set_precision(self, policy):
         """Give every convolution the Keras dtype policy ``policy`` (weights stay float32)."""
         for conv in network._named_convs(self.model.net).values():
@@ -203,11 +228,11 @@ class _Module(keras.Model):
         first = tf.where(check[0] > 0, check[:2], tf.stack([code, check[2]]))
         self.finite_check.assign(tf.concat([first, check[2:] + 1.0], axis=0))
         self.optimizer.apply(grads, variables)
-        return self._accumulate(loss, fit, batch)
+        return self._logs(self._accumulate(loss, fit, batch))
 
     def test_step(self, batch):
         loss, fit = self._loss(batch)
-        return self._accumulate(loss, fit, batch)
+        return self._logs(self._accumulate(loss, fit, batch))
 
     def call(self, inputs, offsets):
         return self.model(inputs, offsets)
@@ -413,6 +438,8 @@ def _resume_from(log_dir):
 
 def _strategy(training_config):
     """The tf.distribute strategy for the config's Lightning-style ``accelerator`` / ``devices`` / ``strategy``."""
+    if distributed.is_multi_worker():  # TF_CONFIG lists several tasks: one replica per worker (docs/cluster.md)
+        return distributed.multi_worker_strategy()
     name = str(training_config.strategy).lower()
     devices = int(training_config.devices)
     if name in ("auto", "default", "none", "single_device") and devices == 1:
@@ -588,7 +615,8 @@ def train(
     if not isinstance(model, network.PhysicsModel):
         raise TypeError(f"train needs the model from build_model; got {type(model).__name__}.")
     inputs, offsets, amplitudes, target_patches = (
-        None if values is None else physics.to_numpy(values) for values in (inputs, offsets, amplitudes, target_patches)
+        values if values is None or batching.is_streamed(values) else physics.to_numpy(values)
+        for values in (inputs, offsets, amplitudes, target_patches)
     )
     data = batching.prepare_training_arrays(
         model.model_config, training_config, inputs, offsets, amplitudes,
@@ -610,7 +638,7 @@ def train(
             )
     if len(data.train_indices) == 0:
         fraction = training_config.validation_fraction if validation_fraction is None else validation_fraction
-        raise ValueError(f"no training groups: {len(data.groups['inputs'])} groups with validation_fraction={fraction}.")
+        raise ValueError(f"no training groups: {len(data.val_indices)} groups with validation_fraction={fraction}.")
     sampler = _BatchSampler(data.train_indices, batch_size, shuffle=True, seed=training_config.seed,
                             drop_remainder=replicas > 1)
     validation = _BatchSampler(data.val_indices, batch_size, shuffle=False, seed=training_config.seed,

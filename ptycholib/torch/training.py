@@ -87,12 +87,17 @@ class _Groups(torch.utils.data.Dataset):
     """The groups as tensors: ``groups[indices]`` is one batch (a dict of tensors, one ``index_select`` each)."""
 
     def __init__(self, groups):
-        self.tensors = {name: torch.as_tensor(np.ascontiguousarray(value)) for name, value in groups.items()}
+        # groups read from a file batch by batch (ptycholib.stream.StreamedGroups): the same batches
+        self.streamed = groups if batching.is_streamed(groups) else None
+        self.tensors = {} if self.streamed is not None else {
+            name: torch.as_tensor(np.ascontiguousarray(value)) for name, value in groups.items()}
 
     def __len__(self):
-        return len(next(iter(self.tensors.values())))
+        return len(self.streamed) if self.streamed is not None else len(next(iter(self.tensors.values())))
 
     def __getitem__(self, indices):
+        if self.streamed is not None:
+            return {name: torch.as_tensor(value) for name, value in self.streamed.batch(indices.numpy()).items()}
         return {name: tensor.index_select(0, indices) for name, tensor in self.tensors.items()}
 
 
@@ -619,7 +624,8 @@ def train(
     if not isinstance(model, network.PhysicsModel):
         raise TypeError(f"train needs the model from build_model; got {type(model).__name__}.")
     inputs, offsets, amplitudes, target_patches = (
-        None if values is None else physics.to_numpy(values) for values in (inputs, offsets, amplitudes, target_patches)
+        values if values is None or batching.is_streamed(values) else physics.to_numpy(values)
+        for values in (inputs, offsets, amplitudes, target_patches)
     )
     data = batching.prepare_training_arrays(
         model.model_config, training_config, inputs, offsets, amplitudes,
@@ -646,6 +652,7 @@ def train(
         trainer = L.Trainer(
             accelerator=training_config.accelerator,
             devices=training_config.devices,
+            num_nodes=training_config.num_nodes,
             strategy=_strategy(training_config),
             precision=_PRECISIONS[data.precision],
             max_epochs=len(data.plan),
