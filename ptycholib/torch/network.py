@@ -373,7 +373,7 @@ def predict_object(model_or_net, inputs):
     """
     net = _network_of(model_or_net)
     amplitude, phase = net(_as_inputs(net, inputs))
-    return _complex(amplitude, phase)
+    return _complex(amplitude.float(), phase.float())  # float32 also under bfloat16 autocast
 
 
 # --------------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from . import network, physics
 __all__ = ["train", "predict_patches", "loss_gradients"]
 
 _PRECISIONS = {"32": "32-true", "bf16-mixed": "bf16-mixed"}  # Lightning's names
+_INFERENCE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}  # inference.precision -> autocast dtype
 
 
 # --------------------------------------------------------------------------------------------------
@@ -510,18 +511,21 @@ def train(
     return records
 
 
-def _predict_function(model):
-    """One batch's illuminated patches, without autograd."""
+def _predict_function(model, precision="float32"):
+    """One batch's illuminated patches under ``torch.inference_mode``; the convolutions in ``precision``."""
+    device = next(model.parameters()).device.type
+    low = _INFERENCE_DTYPES[precision]
 
     @torch.inference_mode()
     def function(x, offsets):
-        patches = network.predict_object(model, x)
+        with torch.autocast(device, dtype=low or torch.bfloat16, enabled=low is not None):
+            patches = network.predict_object(model, x)
         return physics.group_views(model.model_config, patches, offsets, window=model.window)
 
     return function
 
 
-def predict_patches(model, inputs, offsets, *, batch_size, progress=False):
+def predict_patches(model, inputs, offsets, *, batch_size, precision="float32", progress=False):
     """Predict the object patches of many groups in batches.
 
     Parameters
@@ -530,7 +534,10 @@ def predict_patches(model, inputs, offsets, *, batch_size, progress=False):
     inputs, offsets : ndarray or tensor
         As in `network.forward_model`, for any number of groups.
     batch_size : int
-        Groups per forward pass.
+        Groups per forward pass (`ptycholib.workflow.inference_batch_size` picks one for throughput).
+    precision : {"float32", "bfloat16"}
+        The convolutions' precision (``inference.precision``); activations, physics and the
+        returned patches are float32 / complex64.
     progress : bool
         Show a progress bar over the batches.
 
@@ -544,11 +551,13 @@ def predict_patches(model, inputs, offsets, *, batch_size, progress=False):
         raise TypeError(f"predict_patches needs the model from build_model; got {type(model).__name__}.")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
+    if precision not in _INFERENCE_DTYPES:
+        raise ValueError(f"precision={precision!r} is not supported; allowed values: 'float32', 'bfloat16'.")
     cfg = model.model_config
     channels, size = cfg.n_channels, cfg.N
     inputs = batching.as_group_array("inputs", physics.to_numpy(inputs), (len(inputs), channels, size, size), np.float32)
     offsets = batching.as_group_array("offsets", physics.to_numpy(offsets), (len(inputs), channels, 2), np.float64)
-    predict = _predict_function(model)
+    predict = _predict_function(model, precision)
     out = np.empty(inputs.shape, dtype=np.complex64)
     starts = range(0, len(inputs), int(batch_size))
     if progress:
