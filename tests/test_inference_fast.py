@@ -81,3 +81,26 @@ def test_inference_config_precision_and_automatic_batch_size():
     assert workflow.inference_batch_size(ModelConfig(gridsize=2, n_filters_scale=1)) == 8
     assert workflow.inference_batch_size(ModelConfig(gridsize=3, n_filters_scale=4)) == 1
     assert workflow.inference_batch_size(ModelConfig(gridsize=2), 100) == 100
+
+
+@pytest.mark.skipif(not is_available("torch"), reason="needs torch")
+def test_torch_batches_over_threads_equal_a_serial_pass(tiny_train_test):
+    import torch
+
+    from ptycholib.torch import network, training
+
+    _, test = tiny_train_test
+    config = ModelConfig(gridsize=2, n_filters_scale=1)
+    model = network.build_model(config, test.probe, 100.0, seed=0)
+    rng = np.random.default_rng(0)
+    inputs, offsets = rng.random((7, 4, 64, 64), dtype=np.float32), rng.uniform(-2, 2, (7, 4, 2))
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = training.predict_patches(model, inputs, offsets, batch_size=2)
+        torch.set_num_threads(2)
+        pooled = training.predict_patches(model, inputs, offsets, batch_size=2)
+        assert torch.get_num_threads() == 2  # restored after the worker threads
+    finally:
+        torch.set_num_threads(saved)
+    np.testing.assert_array_equal(pooled, serial)
