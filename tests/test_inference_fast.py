@@ -104,3 +104,21 @@ def test_torch_batches_over_threads_equal_a_serial_pass(tiny_train_test):
     finally:
         torch.set_num_threads(saved)
     np.testing.assert_array_equal(pooled, serial)
+
+
+@pytest.mark.skipif(not is_available("torch"), reason="needs torch")
+def test_torch_one_channel_head_convolution_fast_path():
+    import torch
+
+    from ptycholib.torch import network
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(60, 1, 3, padding=1)
+    x = torch.randn(3, 60, 17, 23).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        plain = conv(x)
+        fast = network._narrow_conv(conv, x)
+    assert fast.shape == plain.shape
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-5)
+    assert not torch.equal(fast, plain)  # the matrix-product path ran (another summation order)
+    assert torch.equal(network._narrow_conv(conv, x), conv(x))  # with autograd on: the convolution itself
