@@ -148,7 +148,7 @@ def reconstruct_partial(model, source, *, positions=None, backend=None, inferenc
     backend, inference, progress
         As in `ptycholib.workflow.reconstruct`.
     chunk_size : int
-        Groups per chunk, rounded down to a multiple of ``inference.batch_size`` (at least one batch).
+        Groups per chunk, rounded down to a multiple of the inference batch (at least one batch).
 
     Returns
     -------
@@ -172,7 +172,8 @@ def reconstruct_partial(model, source, *, positions=None, backend=None, inferenc
         source.patch_size, crop_size=inference.crop_size, weighting=inference.weighting, probe=saved.probe)
     numerator = np.zeros(shape, dtype=np.complex128)
     denominator = np.zeros(shape)
-    step = _chunk_groups(chunk_size, inference.batch_size)
+    batch_size = workflow.inference_batch_size(saved.config.model, inference.batch_size)  # 0: automatic
+    step = _chunk_groups(chunk_size, batch_size)
     firsts = range(start, stop, step)
     if progress:
         from tqdm.auto import tqdm
@@ -188,7 +189,7 @@ def reconstruct_partial(model, source, *, positions=None, backend=None, inferenc
                                          saved.config.model.input_transform)
         begin = time.perf_counter()
         patches = chosen.training.predict_patches(net, inputs, np.asarray(groups.offsets[first:last], np.float32),
-                                                  batch_size=inference.batch_size)
+                                                  batch_size=batch_size, precision=inference.precision)
         inference_seconds += time.perf_counter() - begin
         begin = time.perf_counter()
         _scatter_chunk(numerator, denominator, patches, source.x_px[members], source.y_px[members],

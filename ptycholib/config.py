@@ -47,6 +47,7 @@ SCHEDULES = ("constant", "linear", "cosine", "exponential")
 LR_SCHEDULES = ("constant", "plateau", "cosine", "onecycle")
 LOGGERS = ("csv", "mlflow", "none")
 PRECISIONS = ("32", "bf16-mixed")
+INFERENCE_PRECISIONS = ("float32", "bfloat16")
 WEIGHTINGS = ("crop", "probe")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 STRATEGIES = ("auto", "single_device", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "mirrored")
@@ -413,7 +414,12 @@ class InferenceConfig:
     Attributes
     ----------
     batch_size : int
-        Groups per prediction batch.
+        Groups per prediction batch; 0 (the default) picks one for throughput, about
+        ``32 / n_filters_scale`` patterns per network call (`ptycholib.workflow.inference_batch_size`).
+    precision : str
+        ``"float32"`` or ``"bfloat16"``: the network's convolutions in bfloat16 (physics, the
+        heads' activations and reassembly stay float32); faster on CPUs with AMX and on GPUs, slower
+        on CPUs without AMX.
     crop_size : int
         Side of the central crop of each patch placed on the canvas (SPEC 7: 20 at N = 64).
     weighting : str
@@ -427,7 +433,8 @@ class InferenceConfig:
         rPIE step regulariser of that refinement, in (0, 1]; 1 is ePIE's step.
     """
 
-    batch_size: int = 256
+    batch_size: int = 0
+    precision: str = "float32"
     crop_size: int = 20
     weighting: str = "crop"
     backend: str | None = None
@@ -435,7 +442,9 @@ class InferenceConfig:
     refine_alpha: float = 1.0
 
     def __post_init__(self):
-        _check_positive_int("inference.batch_size", self.batch_size)
+        _require(not isinstance(self.batch_size, bool) and isinstance(self.batch_size, int) and self.batch_size >= 0,
+                 f"inference.batch_size={self.batch_size!r} must be an integer >= 0 (0 = chosen for throughput).")
+        _check_choice("inference.precision", self.precision, INFERENCE_PRECISIONS)
         _check_positive_int("crop_size", self.crop_size)
         _check_choice("weighting", self.weighting, WEIGHTINGS)
         _require(not isinstance(self.refine_iterations, bool) and isinstance(self.refine_iterations, int)

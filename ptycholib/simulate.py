@@ -4,7 +4,10 @@ Everything random takes ``rng`` (a ``np.random.Generator``, or an int seed) or `
 seed gives bit-identical output. The physics is that of `ptycholib.forward` (SPEC 4.5): the noiseless
 pattern of position k is ``|fftshift(fft2(P * O_k))|**2 / N**2``, scaled so that the mean count per
 pattern is ``nphotons``, then Poisson-sampled. Patterns are computed in batches with ``scipy.fft``
-(optionally multi-threaded); no Python loop runs per pattern.
+(optionally multi-threaded); no Python loop runs per pattern. Poisson counts are drawn by
+`poisson_counts`: chunks of ``POISSON_CHUNK`` patterns, each from its own child stream of one
+``np.random.SeedSequence`` taken from ``rng``, spread over ``workers`` threads, so the result is
+bit-identical for a seed whatever the thread count or FFT batch size.
 
 Used in notebook 02, the ``ptycholib simulate`` command and the ``simulate`` benchmark.
 """
@@ -34,6 +37,8 @@ __all__ = [
     "scan_canvas_shape",
     "make_detector_mask",
     "far_field_intensity",
+    "POISSON_CHUNK",
+    "poisson_counts",
     "simulate_counts",
     "simulate_dataset",
     "simulate_train_test",
@@ -44,6 +49,9 @@ PROBE_KINDS = ("disk", "gaussian", "fzp")
 SCAN_KINDS = ("raster", "spiral")
 
 _GOLDEN_ANGLE = np.pi * (3.0 - np.sqrt(5.0))
+
+POISSON_CHUNK = 64
+"""Patterns per Poisson chunk (one child random stream each); part of what fixes the draws of a seed."""
 
 
 def _generator(rng):
@@ -590,6 +598,73 @@ def _expected_counts(obj, probe, x_px, y_px, nphotons, detector_mask, batch_size
     return expected, scale
 
 
+def _chunk_seeds(rng, n_chunks):
+    """One child ``SeedSequence`` per chunk, all spawned from a root drawn from ``rng`` (advances it once)."""
+    root = np.random.SeedSequence(_generator(rng).integers(0, 2**63, size=4, dtype=np.uint64))
+    return root.spawn(n_chunks)
+
+
+def poisson_counts(expected, rng, *, workers=None, chunk_size=POISSON_CHUNK, out=None, amplitude=False):
+    """Exact Poisson draws of ``expected`` (one pattern chunk per child random stream), over threads.
+
+    Parameters
+    ----------
+    expected : ndarray of shape (n_patterns, ...), float, >= 0
+        Poisson means.
+    rng : numpy.random.Generator or int
+        Advanced once (four 64-bit integers seed the root ``SeedSequence``).
+    workers : int, optional
+        Threads drawing chunks in parallel (NumPy's sampler releases the GIL); default 1. The
+        result does not depend on it.
+    chunk_size : int
+        Patterns per chunk: chunk ``j`` is drawn by ``default_rng(root.spawn(n_chunks)[j])``, so the
+        result depends on the seed and ``chunk_size`` only.
+    out : ndarray, optional
+        Where to write (may be ``expected`` itself: each chunk is read before it is overwritten).
+    amplitude : bool
+        Write ``sqrt(counts)`` (float) instead of the counts.
+
+    Returns
+    -------
+    ndarray of ``expected``'s shape
+        int64 counts, or ``out``.
+
+    Notes
+    -----
+    Each draw is ``numpy.random.Generator.poisson`` (exact: inversion for small means, Hörmann's
+    transformed rejection PTRS for means >= 10), so the samples are exactly Poisson distributed;
+    only the assignment of random streams to pixels differs from a single-stream draw. Bit-identity
+    holds for the same seed, ``chunk_size``, NumPy version and input; thread count and FFT batch size
+    do not matter.
+    """
+    expected = np.asarray(expected)
+    if int(chunk_size) != chunk_size or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
+    if out is None:
+        out = np.empty(expected.shape, dtype=np.float32 if amplitude else np.int64)
+    chunks = _batches(len(expected), chunk_size)
+    seeds = _chunk_seeds(rng, len(chunks))
+
+    def draw(index):
+        chunk = chunks[index]
+        counts = np.random.default_rng(seeds[index]).poisson(expected[chunk])
+        if amplitude:
+            out[chunk] = np.sqrt(counts)
+        else:
+            out[chunk] = counts
+
+    threads = max(1, int(workers or 1))
+    if threads == 1 or len(chunks) == 1:
+        for index in range(len(chunks)):
+            draw(index)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(threads, len(chunks))) as pool:
+            list(pool.map(draw, range(len(chunks))))
+    return out
+
+
 def simulate_counts(
     obj, probe, x_px, y_px, nphotons, rng, *, noise=True, detector_mask=None, batch_size=256, workers=None
 ):
@@ -612,7 +687,7 @@ def simulate_counts(
         Pixels that read 0 (beamstop, dead pixels; see `make_detector_mask`).
     batch_size : int
     workers : int, optional
-        ``scipy.fft`` threads; results do not depend on it or on ``batch_size``.
+        Threads for ``scipy.fft`` and the Poisson draws; results do not depend on it or on ``batch_size``.
 
     Returns
     -------
@@ -622,7 +697,8 @@ def simulate_counts(
     Notes
     -----
     ``lambda_k = nphotons * I_k / mean_j(sum I_j)`` with ``I_k`` from `far_field_intensity`; counts
-    are exact Poisson draws (NumPy's sampler), in pattern order.
+    are exact Poisson draws of `poisson_counts` (NumPy's sampler, chunked over ``workers`` threads;
+    bit-identical for a seed whatever ``workers`` and ``batch_size``).
 
     Examples
     --------
@@ -634,11 +710,7 @@ def simulate_counts(
     expected, _ = _expected_counts(obj, probe, x_px, y_px, nphotons, detector_mask, batch_size, workers)
     if not noise:
         return expected
-    rng = _generator(rng)
-    counts = np.empty(expected.shape, dtype=np.int64)
-    for batch in _batches(len(expected), batch_size):
-        counts[batch] = rng.poisson(expected[batch])
-    return counts
+    return poisson_counts(expected, rng, workers=workers)
 
 
 def simulate_dataset(
@@ -663,11 +735,11 @@ def simulate_dataset(
     The detector mask becomes the data set's ``bad_pixels``.
     """
     expected, scale = _expected_counts(obj, probe, x_px, y_px, nphotons, detector_mask, batch_size, workers)
-    rng = _generator(rng)
-    amplitudes = expected  # converted in place, batch by batch
-    for batch in _batches(len(expected), batch_size):
-        counts = rng.poisson(expected[batch]) if noise else expected[batch]
-        amplitudes[batch] = np.sqrt(counts)
+    amplitudes = expected  # converted in place
+    if noise:
+        poisson_counts(expected, rng, workers=workers, out=amplitudes, amplitude=True)
+    else:
+        np.sqrt(amplitudes, out=amplitudes)
     info = {
         "measurement": "amplitude",
         "nphotons": float(nphotons),
@@ -749,7 +821,7 @@ def simulate_train_test(
         Poisson noise on (default) or off.
     seed : int
     workers : int, optional
-        ``scipy.fft`` threads.
+        Threads for ``scipy.fft`` and the Poisson draws (the result does not depend on it).
     n_objects : int
         K, the number of independent objects of the training set (1 to ``n_train``).
 

@@ -27,6 +27,7 @@ __all__ = [
     "Reconstruction",
     "group_data",
     "inference_groups",
+    "inference_batch_size",
     "prepare_training",
     "train_model",
     "build_backend_model",
@@ -88,6 +89,22 @@ def group_data(data, groups, input_scale, *, with_targets=False, group_targets=F
         indices=np.asarray(groups.indices, dtype=np.int64),
         target_patches=targets,
     )
+
+
+_PATTERNS_PER_CALL = 32  # per n_filters_scale; measured in `ptycholib bench inference` (docs/results.md)
+
+
+def inference_batch_size(model_config, batch_size=0):
+    """Groups per network call for inference: ``batch_size``, or when it is 0 one chosen for throughput.
+
+    The automatic choice keeps about ``32 / n_filters_scale`` patterns per call (at least one
+    group): small enough that a call's activations stay in the CPU caches, which on 2-core CPUs
+    made torch 1.3-1.5x faster than 256-group batches (``ptycholib bench inference``); a GPU user
+    may prefer a large explicit ``inference.batch_size``.
+    """
+    if batch_size:
+        return int(batch_size)
+    return max(1, _PATTERNS_PER_CALL // (model_config.n_filters_scale * model_config.n_channels))
 
 
 def inference_groups(data, model_config, neighbor_count):
@@ -347,7 +364,8 @@ def reconstruct(model, data, *, backend=None, inference=None, progress=False):
     backend : str, optional
         Backend to predict with; default ``inference.backend``, else the one that trained the model.
     inference : InferenceConfig, optional
-        Batch size and reassembly (crop size, weighting); default: the archive's.
+        Batch size (0: `inference_batch_size`), precision and reassembly (crop size, weighting);
+        default: the archive's.
     progress : bool
         Show a progress bar while predicting.
 
@@ -372,8 +390,10 @@ def reconstruct(model, data, *, backend=None, inference=None, progress=False):
     groups = inference_groups(data, saved.config.model, saved.config.training.neighbor_count)
     grouped = group_data(data, groups, saved.input_scale, input_transform=saved.config.model.input_transform)
     start = time.perf_counter()
-    patches = chosen.training.predict_patches(net, grouped.inputs, grouped.offsets, batch_size=inference.batch_size,
-                                              progress=progress)
+    patches = chosen.training.predict_patches(
+        net, grouped.inputs, grouped.offsets, batch_size=inference_batch_size(saved.config.model, inference.batch_size),
+        precision=inference.precision, progress=progress,
+    )
     inference_seconds = time.perf_counter() - start
     start = time.perf_counter()
     obj, weights = reassemble.reassemble_patches(

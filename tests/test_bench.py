@@ -17,7 +17,7 @@ def test_registered_benchmarks():
     for name in ("simulate", "reassemble", "spec10"):
         assert name in names
     if is_available("torch"):
-        assert {"backends", "training"} <= set(names)
+        assert {"backends", "training", "inference"} <= set(names)
 
 
 def test_unknown_benchmark():
@@ -32,6 +32,20 @@ def test_quick_simulate_rows_and_cli_json(capsys):
     parsed = json.loads(capsys.readouterr().out)
     assert {"benchmark", "name", "value", "unit", "target", "note"} <= set(parsed[0])
     assert "benchmark" in bench.format_table(rows)
+
+
+@pytest.mark.parametrize("backend", ["torch", "tensorflow"])
+def test_inference_variants_quick(backend):
+    if not is_available(backend):
+        pytest.skip(f"needs {backend}")
+    from ptycholib.bench import backends
+
+    rows = backends.inference_rows(backend, backends._backend_modules()[backend], 2, 1, quick=True)
+    labels = [row.name.split(": ", 1)[1] for row in rows]
+    assert any("256 groups/call" in label for label in labels) and any("bfloat16" in label for label in labels)
+    assert any(("inference_mode" if backend == "torch" else "XLA") in label for label in labels)
+    assert rows[-1].unit == "ratio" and rows[-1].target == ">= 1.5"
+    assert all(row.value > 0 and math.isfinite(row.value) for row in rows)
 
 
 @pytest.mark.slow

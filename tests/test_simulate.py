@@ -311,3 +311,51 @@ def test_simulate_command_bad_input_and_help(tmp_path, capsys):
     for option in ("--object", "--probe", "--nphotons", "--n-train", "--n-test", "--seed", "--out", "--step-px",
                    "--scan", "--jitter-px", "--beamstop-radius-px", "--bad-pixel-fraction", "--noiseless", "--n-objects"):
         assert option in shown
+
+
+def test_poisson_counts_bit_identical_for_seed_whatever_threads_and_batches():
+    expected = np.random.default_rng(3).random((150, 8, 8)) * [[1e-2], [1e1], [1e3], [1e6], [5.0], [0.5], [2e2], [7.0]]
+    one = simulate.poisson_counts(expected, 5, workers=1)
+    two = simulate.poisson_counts(expected, 5, workers=2)
+    assert one.dtype == np.int64 and np.array_equal(one, two)
+    again = simulate.poisson_counts(expected, np.random.default_rng(5), workers=3)
+    assert np.array_equal(one, again)
+    assert not np.array_equal(one, simulate.poisson_counts(expected, 6))  # another seed
+    assert not np.array_equal(one, simulate.poisson_counts(expected, 5, chunk_size=32))  # chunking is part of it
+    amplitudes = simulate.poisson_counts(expected, 5, workers=2, out=np.empty(expected.shape, np.float32), amplitude=True)
+    assert np.array_equal(amplitudes, np.sqrt(one).astype(np.float32))
+    with pytest.raises(ValueError, match="chunk_size"):
+        simulate.poisson_counts(expected, 5, chunk_size=0)
+
+
+def test_simulation_identical_across_workers_and_batch_sizes():
+    obj = simulate.make_object("lines", (120, 120), 0)
+    probe = simulate.make_probe("disk", N)
+    x_px, y_px = simulate.raster_positions((120, 120), N, step_px=6.0)
+    first = simulate.simulate_dataset(obj, probe, x_px, y_px, 1e7, 2, batch_size=256, workers=1)
+    second = simulate.simulate_dataset(obj, probe, x_px, y_px, 1e7, 2, batch_size=7, workers=2)
+    assert len(x_px) > simulate.POISSON_CHUNK  # several chunks
+    assert np.array_equal(first.amplitudes, second.amplitudes)
+
+
+@pytest.mark.parametrize("lam", [0.3, 4.0, 30.0, 2.5e4])
+def test_poisson_counts_are_poisson_distributed(lam):
+    from scipy import stats
+
+    n = 200_000
+    counts = simulate.poisson_counts(np.full((n // 100, 10, 10), lam), 1, workers=2).ravel()
+    # moments: the mean within 5 standard errors, the variance within 5 of its standard errors
+    assert abs(counts.mean() - lam) < 5 * np.sqrt(lam / n)
+    var_se = np.sqrt((2 * lam**2 + lam) / n)
+    assert abs(counts.var() - lam) < 5 * var_se
+    # chi-square over bins of >= 50 expected counts each
+    low, high = stats.poisson.ppf([1e-4, 1 - 1e-4], lam)
+    edges = np.unique(np.linspace(low, high + 1, 40).astype(np.int64))
+    observed = np.histogram(counts, bins=np.r_[-0.5, edges[1:-1] - 0.5, np.inf])[0]
+    probabilities = np.diff(np.r_[0.0, stats.poisson.cdf(edges[1:-1] - 1, lam), 1.0])
+    keep = probabilities * n >= 50
+    merged_obs = np.r_[observed[keep], observed[~keep].sum()]
+    merged_exp = np.r_[probabilities[keep], probabilities[~keep].sum()] * n
+    merged_obs, merged_exp = merged_obs[merged_exp > 0], merged_exp[merged_exp > 0]
+    p_value = stats.chisquare(merged_obs, merged_exp * merged_obs.sum() / merged_exp.sum()).pvalue
+    assert p_value > 1e-4

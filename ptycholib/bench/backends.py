@@ -9,6 +9,12 @@ are measured by the same code. A backend whose framework is missing contributes 
   forward+backward patterns/s; and the physics overhead ratio: one full physics-informed loss
   gradient (network + canvas + probe + FFT + Poisson NLL) over one bare network gradient (the
   supervised MAE loss of the same network), both through ``training.loss_gradients`` (target <= 1.2).
+- "inference": what each inference fast path buys (SPEC 10 shapes, untrained weights, one process):
+  patterns/s of variants measured in interleaved rounds (best of each) — torch: an eager pass under
+  ``no_grad`` at 256 groups per call (the old path), ``inference_mode``, channels-first weights,
+  batch sizes, the automatic batch size, bfloat16; tensorflow: an eager Keras call, the compiled
+  ``tf.function``, XLA (``jit_compile``), batch sizes, bfloat16 — and the best float32 variant over
+  PtychoPINN's SPEC 10 figure.
 - "training": training groups/s of ``training.train`` at gridsize 2, n_filters_scale 2, N = 64,
   batch 16 (SPEC section 10: PtychoPINN TF trained 38 groups/s at batch 8; target >= 1.5x = 57), and
   the torch / tensorflow ratio. Timed between the ends of the first and last epochs, so framework
@@ -28,7 +34,8 @@ from ptycholib.backends import BACKENDS, is_available
 from ptycholib.bench import Row, best_time, register
 from ptycholib.config import ModelConfig, TrainingConfig
 
-__all__ = ["backends_benchmark", "training_benchmark", "physics_rows", "training_rows"]
+__all__ = ["backends_benchmark", "training_benchmark", "inference_benchmark", "physics_rows", "training_rows",
+           "inference_rows"]
 
 _N = 64
 _PTYCHOPINN_GROUPS_PER_S = 38.0  # SPEC section 10, gridsize 2, n_filters_scale 2
@@ -149,6 +156,102 @@ def training_rows(name, backend, *, quick=False, precision=None):
         Row(f"training.{name}", label, rate, "groups/s", f">= {_TRAINING_TARGET:.0f}",
             note=f"{n_groups} groups, epochs 2..{nepochs}; PtychoPINN TF: {_PTYCHOPINN_GROUPS_PER_S:.0f} at batch 8"),
     ]
+
+
+def _inference_variants(name, backend, model, inputs, offsets, cfg):
+    """``{label: fn()}`` of the inference paths to compare (see the module docstring)."""
+    from ptycholib.workflow import inference_batch_size
+
+    predict = backend.training.predict_patches
+    auto = inference_batch_size(cfg)
+
+    def run(batch, **options):
+        return lambda: predict(model, inputs, offsets, batch_size=batch, **options)
+
+    def eager(batch, context):
+        def fn():
+            for start in range(0, len(inputs), batch):
+                with context():
+                    backend.network.forward_model(model, inputs[start:start + batch], offsets[start:start + batch])
+        return fn
+
+    variants = {}
+    if name == "torch":
+        import copy
+
+        import torch
+
+        variants["eager no_grad, 256 groups/call (old path)"] = eager(256, torch.no_grad)
+        variants["inference_mode, 256 groups/call"] = run(256)
+        flat = copy.deepcopy(model)
+        flat.net.to(memory_format=torch.contiguous_format)
+        variants[f"inference_mode, channels-first weights, auto ({auto})"] = (
+            lambda: predict(flat, inputs, offsets, batch_size=auto))
+    else:
+        import contextlib
+
+        variants["eager Keras call, 256 groups/call"] = eager(256, contextlib.nullcontext)
+        variants["tf.function, 256 groups/call"] = run(256)
+        jit = backend.network.build_model(cfg, _probe(), 100.0, seed=0)
+        backend.network.set_weights(jit, backend.network.get_weights(model))
+
+        def with_xla():
+            saved, backend.training._INFERENCE_JIT = backend.training._INFERENCE_JIT, True
+            try:
+                predict(jit, inputs, offsets, batch_size=auto)
+            finally:
+                backend.training._INFERENCE_JIT = saved
+        variants[f"tf.function + XLA (jit_compile), auto ({auto})"] = with_xla
+    for batch in sorted({max(1, auto // 2), auto * 4}):
+        variants[f"batch {batch} groups/call"] = run(batch)
+    variants[f"fast path: auto batch ({auto} groups/call)"] = run(auto)
+    variants[f"fast path + bfloat16, auto ({auto})"] = run(auto, precision="bfloat16")
+    return variants
+
+
+def inference_rows(name, backend, gridsize, n_filters_scale, *, quick=False):
+    """patterns/s of each inference variant (`_inference_variants`) for one configuration."""
+    from ptycholib.bench.spec10 import PTYCHOPINN
+
+    cfg = ModelConfig(N=_N, gridsize=gridsize, n_filters_scale=n_filters_scale)
+    n_groups = (16 if quick else 256) // cfg.n_channels
+    rng = np.random.default_rng(0)
+    inputs = rng.random((n_groups, cfg.n_channels, _N, _N), dtype=np.float32)
+    offsets = rng.uniform(-2, 2, (n_groups, cfg.n_channels, 2))
+    model = backend.network.build_model(cfg, _probe(), 100.0, seed=0)
+    variants = _inference_variants(name, backend, model, inputs, offsets, cfg)
+    best = {label: math.inf for label in variants}
+    for label, fn in variants.items():  # warm-up: tracing, compilation, oneDNN primitive caches
+        fn()
+    for _ in range(2 if quick else 4):  # interleaved rounds, so a busy moment does not favour one variant
+        for label, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            best[label] = min(best[label], time.perf_counter() - start)
+    patterns = n_groups * cfg.n_channels
+    bench = f"inference.{name}"
+    prefix = f"gridsize {gridsize} n_filters_scale {n_filters_scale}"
+    rows = [Row(bench, f"{prefix}: {label}", patterns / seconds, "patterns/s") for label, seconds in best.items()]
+    float32 = {label: seconds for label, seconds in best.items() if "bfloat16" not in label}
+    reference = PTYCHOPINN[(gridsize, n_filters_scale)][1]
+    fastest = min(float32, key=float32.get)
+    rows.append(Row(bench, f"{prefix}: fast path (auto batch) / PtychoPINN", patterns / best[next(
+        label for label in best if label.startswith("fast path: auto"))] / reference, "ratio", ">= 1.5",
+        note=f"PtychoPINN TF {reference:g} patterns/s (SPEC 10); best float32 variant: {fastest}"))
+    return rows
+
+
+@register("inference")
+def inference_benchmark(quick):
+    """Inference variants per backend and SPEC 10 configuration (see the module docstring)."""
+    from ptycholib.bench.spec10 import PTYCHOPINN
+
+    configs = [(2, 1)] if quick else list(PTYCHOPINN)
+    rows = []
+    for name, backend in _backend_modules().items():
+        for gridsize, scale in configs:
+            rows += inference_rows(name, backend, gridsize, scale, quick=quick)
+    return rows
 
 
 @register("backends")

@@ -3,7 +3,7 @@
 For each backend and each configuration of the table (gridsize 1/2, n_filters_scale 1/2, N = 64, the
 SPEC 10 'lines' scan at 1e9 photons) one fresh process measures: training groups/s (the second
 epoch, so tracing and start-up are excluded), inference patterns/s (a warm pass over the 1089 test
-groups), reassembly time / inference time, the end-to-end reconstruction rate over the bare network
+groups at the default, automatic inference batch size), reassembly time / inference time, the end-to-end reconstruction rate over the bare network
 rate (`workflow.reconstruct`, target >= 0.8), and the process's peak resident memory. The ratio to
 PtychoPINN's figure is reported next to each; the targets are SPEC 10's (>= 1.5x the rates,
 reassembly <= 0.1 of inference, <= half the memory).
@@ -54,9 +54,10 @@ def measure(backend, gridsize, n_filters_scale, *, quick=False, timing_groups=25
     grouped = workflow.group_data(test, bench.test_groups, trained.archive.input_scale,
                                   input_transform=trained.archive.config.model.input_transform)
     indices = grouped.indices
-    chosen.training.predict_patches(model, grouped.inputs[:32], grouped.offsets[:32], batch_size=256)
+    batch = workflow.inference_batch_size(trained.archive.config.model)  # the default: chosen for throughput
+    chosen.training.predict_patches(model, grouped.inputs[:32], grouped.offsets[:32], batch_size=batch)
     start = time.perf_counter()
-    patches = chosen.training.predict_patches(model, grouped.inputs, grouped.offsets, batch_size=256)
+    patches = chosen.training.predict_patches(model, grouped.inputs, grouped.offsets, batch_size=batch)
     inference = time.perf_counter() - start
     start = time.perf_counter()
     reassemble.reassemble_patches(patches, test.x_px[indices], test.y_px[indices], test.obj.shape, crop_size=20)

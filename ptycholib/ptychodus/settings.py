@@ -64,6 +64,7 @@ SETTINGS_GROUPS = {
     )),
     "PtycholibInference": ("inference", (
         ("BatchSize", "batch_size"),
+        ("Precision", "precision"),
         ("CropSize", "crop_size"),
         ("Weighting", "weighting"),
         ("RefineIterations", "refine_iterations"),

@@ -64,6 +64,16 @@ def _conv(width_in, width_out):
     return conv
 
 
+def _narrow_conv(conv, x):
+    """``conv(x)`` for the heads' 3x3 convolutions with one output channel.
+
+    The twin of torch's helper, which replaces oneDNN's slow 1-output-channel convolution by a matrix
+    product and shifted sums at inference; here Keras's convolution is used as is (TensorFlow runs
+    these layers through its own fused kernels, and the predict path is one compiled graph).
+    """
+    return conv(x)
+
+
 def _pool(x):
     """2x2 max-pooling, stride 2."""
     return tf.nn.max_pool2d(x, 2, 2, "VALID")
@@ -113,7 +123,7 @@ class _UpBranch(_ConvPair):
         self.out = _conv(width, channels)
 
     def call(self, x):
-        return self.out(super().call(x))
+        return _narrow_conv(self.out, super().call(x))
 
 
 class _Head(keras.layers.Layer):
@@ -139,7 +149,7 @@ class _Head(keras.layers.Layer):
         if not self.pad_object:
             return self.activation(tf.cast(self.full(features), tf.float32))
         q = self.quarter
-        out = tf.pad(self.activation(tf.cast(self.center(features[..., :-4]), tf.float32)), [[0, 0], [q, q], [q, q], [0, 0]])
+        out = tf.pad(self.activation(tf.cast(_narrow_conv(self.center, features[..., :-4]), tf.float32)), [[0, 0], [q, q], [q, q], [0, 0]])
         if self.outer is not None:
             out = out + self.activation(tf.cast(self.outer(features[..., -4:]), tf.float32)) * self.border
         return out

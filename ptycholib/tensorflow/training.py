@@ -38,6 +38,8 @@ __all__ = ["train", "predict_patches", "loss_gradients"]
 
 _PRECISIONS = {"32": "float32", "bf16-mixed": "mixed_bfloat16"}  # Keras's dtype policies
 _EPOCH_MEANS = ("loss", "deviance", "amplitude_mae")  # per-epoch means in the history, also as val_*
+_INFERENCE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}  # inference.precision -> policy
+_INFERENCE_JIT = False  # XLA for prediction: measured by `ptycholib bench inference` (docs/results.md)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -704,21 +706,32 @@ def train(
     return records
 
 
-def _predict_function(model):
-    """One batch's illuminated patches, as a ``tf.function`` traced once per model."""
-    function = getattr(model, "_ptycholib_predict", None)
-    if function is None:
+def _predict_function(model, precision="float32"):
+    """One batch's illuminated patches through a ``tf.function`` traced once per model and precision."""
+    cache = model.__dict__.setdefault("_ptycholib_predict", {})
+    if precision not in cache:
 
-        @tf.function(reduce_retracing=True)
-        def function(x, offsets):
+        @tf.function(reduce_retracing=True, jit_compile=_INFERENCE_JIT)
+        def compiled(x, offsets):
             patches = network.predict_object(model, x)
             return physics.group_views(model.model_config, patches, offsets, window=model.window)
 
-        model._ptycholib_predict = function
-    return function
+        def function(x, offsets):
+            # Keras reads the convolutions' dtype policy when tracing, so set it around every call.
+            convs = network._named_convs(model.net).values()
+            for conv in convs:
+                conv.dtype_policy = _INFERENCE_POLICIES[precision]
+            try:
+                return compiled(x, offsets)
+            finally:
+                for conv in convs:
+                    conv.dtype_policy = "float32"
+
+        cache[precision] = function
+    return cache[precision]
 
 
-def predict_patches(model, inputs, offsets, *, batch_size, progress=False):
+def predict_patches(model, inputs, offsets, *, batch_size, precision="float32", progress=False):
     """Predict the object patches of many groups in batches.
 
     Parameters
@@ -727,7 +740,10 @@ def predict_patches(model, inputs, offsets, *, batch_size, progress=False):
     inputs, offsets : ndarray or tensor
         As in `network.forward_model`, for any number of groups.
     batch_size : int
-        Groups per forward pass.
+        Groups per forward pass (`ptycholib.workflow.inference_batch_size` picks one for throughput).
+    precision : {"float32", "bfloat16"}
+        The convolutions' precision (``inference.precision``); activations, physics and the
+        returned patches are float32 / complex64.
     progress : bool
         Show a progress bar over the batches.
 
@@ -741,11 +757,13 @@ def predict_patches(model, inputs, offsets, *, batch_size, progress=False):
         raise TypeError(f"predict_patches needs the model from build_model; got {type(model).__name__}.")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
+    if precision not in _INFERENCE_POLICIES:
+        raise ValueError(f"precision={precision!r} is not supported; allowed values: 'float32', 'bfloat16'.")
     cfg = model.model_config
     channels, size = cfg.n_channels, cfg.N
     inputs = batching.as_group_array("inputs", physics.to_numpy(inputs), (len(inputs), channels, size, size), np.float32)
     offsets = batching.as_group_array("offsets", physics.to_numpy(offsets), (len(inputs), channels, 2), np.float64)
-    predict = _predict_function(model)
+    predict = _predict_function(model, precision)
     out = np.empty(inputs.shape, dtype=np.complex64)
     starts = range(0, len(inputs), int(batch_size))
     if progress:
