@@ -81,6 +81,14 @@ def run(args):
         return _merge(args)
     if not args.model or not args.data:
         raise ValueError("--model and --data are required (unless --merge).")
+    require_at_least_one(args.chunk_size, "--chunk-size")
+    streaming = args.stream == "on" or bool(args.positions)
+    if args.stream == "auto" and not args.positions:
+        with stream.open_patterns(args.data, measurement=args.measurement) as source:
+            streaming = stream.should_stream(source)
+    if not streaming:  # the data are checked before the model is fetched (a streamed scan: chunk by chunk)
+        dataset = stream.load_scan(args.data, measurement=args.measurement)
+        report_problems(dataset, args.data, strict=args.strict)
     with tracking.local_model(args.model, tracking_uri=args.tracking_uri) as path:
         model = archive.load_model(path)
     inference = model.config.inference
@@ -94,11 +102,6 @@ def run(args):
     if args.refine_probe and not args.refine:
         raise ValueError("--refine-probe needs --refine K with K >= 1.")
     options = refine.RefineOptions(alpha=args.refine_alpha, probe_trainable=args.refine_probe)
-    require_at_least_one(args.chunk_size, "--chunk-size")
-    streaming = args.stream == "on" or bool(args.positions)
-    if args.stream == "auto" and not args.positions:
-        with stream.open_patterns(args.data, measurement=args.measurement) as source:
-            streaming = stream.should_stream(source)
     if streaming and args.refine:
         raise ValueError("--refine needs the scan in memory; use --stream off (or refine a smaller scan).")
     if streaming:
@@ -108,8 +111,6 @@ def run(args):
             recon = chunked.reconstruct_chunked(model, source, backend=args.backend, inference=inference,
                                                 chunk_size=args.chunk_size)
     else:
-        dataset = stream.load_scan(args.data, measurement=args.measurement)
-        report_problems(dataset, args.data, strict=args.strict)
         recon = workflow.reconstruct(model, dataset, backend=args.backend, inference=inference)
     metadata = {"source": str(args.data), "model": str(args.model), "refine_iterations": args.refine,
                 "streamed": streaming}
