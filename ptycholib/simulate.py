@@ -5,9 +5,11 @@ seed gives bit-identical output. The physics is that of `ptycholib.forward` (SPE
 pattern of position k is ``|fftshift(fft2(P * O_k))|**2 / N**2``, scaled so that the mean count per
 pattern is ``nphotons``, then Poisson-sampled. Patterns are computed in batches with ``scipy.fft``
 (optionally multi-threaded); no Python loop runs per pattern. Poisson counts are drawn by
-`poisson_counts`: chunks of ``POISSON_CHUNK`` patterns, each from its own child stream of one
-``np.random.SeedSequence`` taken from ``rng``, spread over ``workers`` threads, so the result is
-bit-identical for a seed whatever the thread count or FFT batch size.
+`poisson_counts`: by default from ``rng`` itself, pattern after pattern (one stream: the data every
+measurement in docs/results.md was made on); with ``poisson_chunk=K`` in chunks of K patterns, each
+from its own child stream of one ``np.random.SeedSequence`` taken from ``rng`` and spread over
+``workers`` threads. Both are bit-identical for a seed whatever the thread count or FFT batch size;
+they are different draws of the same distribution.
 
 Used in notebook 02, the ``ptycholib simulate`` command and the ``simulate`` benchmark.
 """
@@ -616,9 +618,11 @@ def poisson_counts(expected, rng, *, workers=None, chunk_size=POISSON_CHUNK, out
     workers : int, optional
         Threads drawing chunks in parallel (NumPy's sampler releases the GIL); default 1. The
         result does not depend on it.
-    chunk_size : int
+    chunk_size : int or None
         Patterns per chunk: chunk ``j`` is drawn by ``default_rng(root.spawn(n_chunks)[j])``, so the
-        result depends on the seed and ``chunk_size`` only.
+        result depends on the seed and ``chunk_size`` only. ``None``: one stream, ``rng`` itself,
+        pattern after pattern (no threads; what `simulate_counts` and `simulate_dataset` do by
+        default).
     out : ndarray, optional
         Where to write (may be ``expected`` itself: each chunk is read before it is overwritten).
     amplitude : bool
@@ -638,10 +642,16 @@ def poisson_counts(expected, rng, *, workers=None, chunk_size=POISSON_CHUNK, out
     do not matter.
     """
     expected = np.asarray(expected)
-    if int(chunk_size) != chunk_size or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
+    if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None; got {chunk_size!r}.")
     if out is None:
         out = np.empty(expected.shape, dtype=np.float32 if amplitude else np.int64)
+    if chunk_size is None:  # one stream: rng's own draws in pattern order (batches only bound the memory)
+        generator = _generator(rng)
+        for batch in _batches(len(expected), 256):
+            counts = generator.poisson(expected[batch])
+            out[batch] = np.sqrt(counts) if amplitude else counts
+        return out
     chunks = _batches(len(expected), chunk_size)
     seeds = _chunk_seeds(rng, len(chunks))
 
@@ -666,7 +676,8 @@ def poisson_counts(expected, rng, *, workers=None, chunk_size=POISSON_CHUNK, out
 
 
 def simulate_counts(
-    obj, probe, x_px, y_px, nphotons, rng, *, noise=True, detector_mask=None, batch_size=256, workers=None
+    obj, probe, x_px, y_px, nphotons, rng, *, noise=True, detector_mask=None, batch_size=256, workers=None,
+    poisson_chunk=None,
 ):
     """Simulate measured counts: far-field patterns at a mean of ``nphotons`` per pattern, Poisson noise.
 
@@ -687,7 +698,12 @@ def simulate_counts(
         Pixels that read 0 (beamstop, dead pixels; see `make_detector_mask`).
     batch_size : int
     workers : int, optional
-        Threads for ``scipy.fft`` and the Poisson draws; results do not depend on it or on ``batch_size``.
+        Threads for ``scipy.fft`` (and the Poisson draws with ``poisson_chunk``); results do not
+        depend on it or on ``batch_size``.
+    poisson_chunk : int, optional
+        Draw the noise in chunks of this many patterns, one child random stream each, over
+        ``workers`` threads (`poisson_counts`; faster on several cores, other draws of the same
+        distribution). Default: one stream from ``rng``.
 
     Returns
     -------
@@ -697,8 +713,8 @@ def simulate_counts(
     Notes
     -----
     ``lambda_k = nphotons * I_k / mean_j(sum I_j)`` with ``I_k`` from `far_field_intensity`; counts
-    are exact Poisson draws of `poisson_counts` (NumPy's sampler, chunked over ``workers`` threads;
-    bit-identical for a seed whatever ``workers`` and ``batch_size``).
+    are exact Poisson draws of `poisson_counts` (NumPy's sampler; bit-identical for a seed whatever
+    ``workers`` and ``batch_size``).
 
     Examples
     --------
@@ -710,7 +726,7 @@ def simulate_counts(
     expected, _ = _expected_counts(obj, probe, x_px, y_px, nphotons, detector_mask, batch_size, workers)
     if not noise:
         return expected
-    return poisson_counts(expected, rng, workers=workers)
+    return poisson_counts(expected, rng, workers=workers, chunk_size=poisson_chunk)
 
 
 def simulate_dataset(
@@ -726,6 +742,7 @@ def simulate_dataset(
     batch_size=256,
     workers=None,
     metadata=None,
+    poisson_chunk=None,
 ):
     """Simulate a `PtychoData`: amplitudes ``sqrt(counts)`` of `simulate_counts` plus everything else.
 
@@ -737,7 +754,7 @@ def simulate_dataset(
     expected, scale = _expected_counts(obj, probe, x_px, y_px, nphotons, detector_mask, batch_size, workers)
     amplitudes = expected  # converted in place
     if noise:
-        poisson_counts(expected, rng, workers=workers, out=amplitudes, amplitude=True)
+        poisson_counts(expected, rng, workers=workers, chunk_size=poisson_chunk, out=amplitudes, amplitude=True)
     else:
         np.sqrt(amplitudes, out=amplitudes)
     info = {

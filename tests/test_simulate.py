@@ -332,10 +332,24 @@ def test_simulation_identical_across_workers_and_batch_sizes():
     obj = simulate.make_object("lines", (120, 120), 0)
     probe = simulate.make_probe("disk", N)
     x_px, y_px = simulate.raster_positions((120, 120), N, step_px=6.0)
-    first = simulate.simulate_dataset(obj, probe, x_px, y_px, 1e7, 2, batch_size=256, workers=1)
-    second = simulate.simulate_dataset(obj, probe, x_px, y_px, 1e7, 2, batch_size=7, workers=2)
+    first = simulate.simulate_dataset(obj, probe, x_px, y_px, 1e7, 2, batch_size=256, workers=1, poisson_chunk=64)
+    second = simulate.simulate_dataset(obj, probe, x_px, y_px, 1e7, 2, batch_size=7, workers=2, poisson_chunk=64)
     assert len(x_px) > simulate.POISSON_CHUNK  # several chunks
     assert np.array_equal(first.amplitudes, second.amplitudes)
+    single = simulate.simulate_dataset(obj, probe, x_px, y_px, 1e7, 2, batch_size=7, workers=2)
+    again = simulate.simulate_dataset(obj, probe, x_px, y_px, 1e7, 2, batch_size=300, workers=1)
+    assert np.array_equal(single.amplitudes, again.amplitudes)  # the default: one stream, also independent of them
+    assert not np.array_equal(single.amplitudes, first.amplitudes)  # other draws of the same distribution
+
+
+def test_default_noise_is_rngs_own_stream():
+    """The default draws are ``rng.poisson`` of the expected counts in pattern order (the data of earlier versions)."""
+    obj = simulate.make_object("lines", (100, 100), 0)
+    probe = simulate.make_probe("disk", N)
+    x_px, y_px = simulate.raster_positions((100, 100), N, step_px=8.0)
+    counts = simulate.simulate_counts(obj, probe, x_px, y_px, 1e6, 4, batch_size=3)
+    expected = simulate.simulate_counts(obj, probe, x_px, y_px, 1e6, 4, noise=False)
+    assert np.array_equal(counts, np.random.default_rng(4).poisson(expected))
 
 
 @pytest.mark.parametrize("lam", [0.3, 4.0, 30.0, 2.5e4])
