@@ -161,12 +161,13 @@ notebooks.show(plotting.frc_curves(frc_results), f"04_frc_{backend}", fig_dir)
 # inference costs in time. Each curve is one run of this process on the same threads; the network's points
 # include its inference and reassembly; ePIE is section 3's run. *This cell takes about half a minute.*
 #
-# Measured in the main job (2 cores, the `cpu-quick` model, two runs): the network's answer (SSIM 0.52) took
-# 6.2–6.4 s; from it, 4 sweeps reach 0.9986 at 8.0–8.1 s, **0.47–0.52× the time of ePIE-30** (0.9975 in
-# 15.2–17.4 s). From a flat start the same 4 sweeps reach 0.9983 in 1.6 s (0.10×). The network's start is ahead by at most 0.0004
-# after 2–6 sweeps and *behind* after the first (0.980 against 0.981), while its inference costs as much
-# time as a dozen sweeps: on this high-dose scan the refinement's step rule does the work, and the blur the
-# network predicts is worth less than its inference time. docs/results.md has the low-dose (1e4 photons)
+# Measured in the main job of 2026-12-02 (2 cores, the `cpu-quick` model; inference on issue 15's fast path):
+# the network's answer (SSIM 0.52) took 3.0 s (6.2–6.4 s before that path); from it, 4 sweeps reach 0.9986 at
+# 4.8 s, **0.28× the time of ePIE-30** (0.9975 in 16.8 s). From a flat start the same 4 sweeps reach 0.9983
+# in 1.7 s (0.10×). The network's start is ahead by at most 0.0004 after 2–6 sweeps and *behind* after the
+# first (0.980 against 0.981), while its inference still costs as much time as half a dozen sweeps: on this
+# high-dose scan the refinement's step rule does the work, and the blur the network predicts is worth less
+# than its inference time. docs/results.md has the low-dose (1e4 photons)
 # comparison, where ePIE's step (`refine_alpha = 1`) wins and a network trained at that dose is the better start.
 
 # %%
@@ -196,8 +197,8 @@ notebooks.show(fig, f"04_refine_{backend}", fig_dir)
 # ### The same comparison at low dose
 # Notebook 02 also wrote the test scan at `low_nphotons` (1e4 photons per pattern by default). At this dose
 # a small `refine_alpha` amplifies the noise, so the refinement uses ePIE's own step (`low_dose_alpha = 1`),
-# and the model was trained at the high dose. Measured in the main job: ePIE-30 0.881 in 17.6 s; the flat start
-# reaches 0.881 after 16 sweeps in 6.2 s (0.35×); the high-dose network's start (0.21) is *behind* the flat one at
+# and the model was trained at the high dose. Measured in the main job: ePIE-30 0.8812 in 15.2 s; the flat start
+# reaches 0.8810 after 16 sweeps in 6.6 s (0.43× the time); the high-dose network's start (0.21) is *behind* the flat one at
 # every sweep count (0.808 against 0.823 after one sweep). docs/results.md compares a network trained at this
 # dose too: it is ahead of the flat start at every count, but its inference makes it slower to ePIE-30's score.
 
