@@ -199,19 +199,20 @@ def _file_start(path, what):
 
 
 def _npy_header(member, key, where):
+    """Read the .npy header of an open member; return ``(shape, dtype, header_bytes, fortran_order)``."""
     import numpy as np
 
     try:
         version = np.lib.format.read_magic(member)
         if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
         elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
         else:
             raise ValueError(f".npy format version {version} is not read by ptycholib (1.0 and 2.0 are)")
     except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as exc:
         raise ValueError(f"{key} in {where} has an unreadable .npy header ({one_line(exc)}).") from None
-    return shape, dtype, member.tell()
+    return shape, dtype, member.tell(), fortran
 
 
 def one_line(exc):
@@ -281,7 +282,7 @@ def open_npz(path, *, what="NPZ file", unread=(), uncapped=()):
                 continue
             try:
                 with zf.open(info) as member:
-                    shape, dtype, header_bytes = _npy_header(member, key, where)
+                    shape, dtype, header_bytes, _ = _npy_header(member, key, where)
             except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as exc:
                 raise ValueError(f"{key} in {where} is unreadable ({one_line(exc)}); is the file truncated?") from None
             if dtype.hasobject:

@@ -68,15 +68,6 @@ _H5_SUFFIXES = (".h5", ".hdf5")
 # raw readers: rows of a (M, N, N) array on disk
 
 
-def _npy_header(handle):
-    """Read a .npy header from ``handle``; return ``(shape, fortran_order, dtype)``."""
-    version = np.lib.format.read_magic(handle)
-    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-    if version not in readers:
-        raise ValueError(f".npy format version {version} is not supported for streaming.")
-    return readers[version](handle)
-
-
 def _stored_member_offset(path, info):
     """Byte offset of an uncompressed zip member's data inside the zip file (after its local header)."""
     with open(path, "rb") as handle:
@@ -95,7 +86,7 @@ class _ZipStreamRows:
     def __init__(self, path, member):
         self.archive = zipfile.ZipFile(path)
         self.handle = self.archive.open(member)
-        self.shape, fortran, self.dtype = _npy_header(self.handle)
+        self.shape, self.dtype, _, fortran = _io._npy_header(self.handle, member[:-4], Path(path).name)
         if self.dtype.hasobject:
             self.close()
             raise ValueError(f"{member} in {Path(path).name} is a pickled object array; ptycholib never unpickles.")
@@ -133,8 +124,7 @@ def _npz_rows(path, key):
         if info.compress_type != zipfile.ZIP_STORED:
             return _ZipStreamRows(path, member), "compressed"
         with archive.open(member) as handle:
-            shape, fortran, dtype = _npy_header(handle)
-            header_length = handle.tell()
+            shape, dtype, header_length, fortran = _io._npy_header(handle, key, Path(path).name)
     if dtype.hasobject:
         raise ValueError(f"{key} in {Path(path).name} is a pickled object array; ptycholib never unpickles. Re-save "
                          "the file with plain arrays.")

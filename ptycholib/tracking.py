@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ptycholib import distributed
+
 __all__ = [
     "EXPERIMENT_NAME",
     "RUN_TAGS_ENV",
@@ -176,11 +178,6 @@ def _client(uri):
     return mlflow.MlflowClient(uri)
 
 
-def _is_rank_zero():
-    """False in the other processes of a multi-process run (Lightning DDP, torchrun, SLURM): they log nothing."""
-    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
-
-
 def _experiment_id(client):
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
     if experiment is not None:
@@ -262,7 +259,7 @@ def start_run(model_config, training_config, log_dir=None):
     log_dir : str or Path, optional
         Where the file store goes unless ``MLFLOW_TRACKING_URI`` is set.
     """
-    if not _is_rank_zero():
+    if not distributed.is_primary_process():  # other ranks of a multi-process run log nothing
         yield None
         return
     from mlflow.entities import Param

@@ -42,7 +42,15 @@ def run(args):
 
 
 def report_problems(dataset, source, *, strict):
-    """Check ``dataset``: warn on stderr, one line per finding; with ``strict``, raise ValueError if any."""
+    """Check ``dataset``: warn on stderr, one line per finding; with ``strict``, raise ValueError if any.
+
+    A streamed scan (`ptycholib.stream.PatternSource`) is not checked here: its patterns are never all in
+    memory, and each chunk's values are checked as it is read.
+    """
+    from ptycholib import stream
+
+    if isinstance(dataset, stream.PatternSource):
+        return []
     findings = datacheck.check_data(dataset)
     for finding in findings:
         print(f"ptycholib: warning: {source}: {finding.kind}: {finding.message}", file=sys.stderr)

@@ -92,8 +92,7 @@ def run(args):
     if parent is not None:
         config, initial_weights, parent_record = workflow.fine_tuning_start(parent, dataset, config,
                                                                             parent_path=args.init)
-    if not isinstance(dataset, stream.PatternSource):  # a streamed scan is checked chunk by chunk as it is read
-        report_problems(dataset, args.data, strict=args.strict)
+    report_problems(dataset, args.data, strict=args.strict)
     if args.overwrite and primary:
         shutil.rmtree(out / "logs", ignore_errors=True)
     record = {"data": str(Path(args.data).resolve()), "measurement": args.measurement, "stream": args.stream,
@@ -123,8 +122,7 @@ def _resume(args):
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{out / _RUN_FILE} is damaged ({error}); train afresh with --overwrite.") from None
     dataset = stream.open_scan(args.data or data_path, measurement=measurement, mode=record.get("stream", "auto"))
-    if not isinstance(dataset, stream.PatternSource):
-        report_problems(dataset, args.data or data_path, strict=args.strict)
+    report_problems(dataset, args.data or data_path, strict=args.strict)
     return _train(out, dataset, config, None, parent_record, args, resume=True)
 
 
